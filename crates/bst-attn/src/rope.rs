@@ -1,0 +1,54 @@
+//! Rotary position embedding (Su et al. 2021), in the half-split (GPT-NeoX) layout.
+//!
+//! Rotating queries and keys by their *absolute* positions makes their dot product depend only on
+//! the relative offset, which is what lets a block attend to the previous block's keys without
+//! any bookkeeping. Every self-attention layer in bst uses it, so the baselines share one scheme.
+
+use tch::{Device, Kind, Tensor};
+
+/// Precomputed inverse frequencies for one head width.
+#[derive(Debug)]
+pub struct Rope {
+    inv_freq: Tensor, // [head_dim / 2]
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, base: f64, device: Device) -> Self {
+        let half = (head_dim / 2) as i64;
+        let exponents = Tensor::arange(half, (Kind::Float, device)) * (-2.0 * base.ln() / head_dim as f64);
+        Self { inv_freq: exponents.exp() }
+    }
+
+    /// Rotates `xs` by positions `0..seq`.
+    ///
+    /// # Shapes
+    /// - `xs`: `[batch, seq, n_heads, head_dim]` -> same
+    pub fn apply(&self, xs: &Tensor) -> Tensor {
+        let (_, seq, _, head_dim) = xs.size4().expect("rope input must be [batch, seq, heads, head_dim]");
+        let half = head_dim / 2;
+        let pos = Tensor::arange(seq, (Kind::Float, xs.device()));
+        let angles = pos.outer(&self.inv_freq).view([seq, 1, half]); // [seq, 1, half]
+        let (cos, sin) = (angles.cos().to_kind(xs.kind()), angles.sin().to_kind(xs.kind()));
+        let x1 = xs.narrow(-1, 0, half);
+        let x2 = xs.narrow(-1, half, half);
+        Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], -1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_depend_only_on_relative_offset() {
+        tch::manual_seed(0);
+        let rope = Rope::new(8, 10_000.0, Device::Cpu);
+        let q = Tensor::randn([1, 1, 1, 8], (Kind::Double, Device::Cpu)).repeat([1, 12, 1, 1]);
+        let k = Tensor::randn([1, 1, 1, 8], (Kind::Double, Device::Cpu)).repeat([1, 12, 1, 1]);
+        let (qr, kr) = (rope.apply(&q.to_kind(Kind::Float)), rope.apply(&k.to_kind(Kind::Float)));
+        let score = |i: i64, j: i64| (qr.get(0).get(i) * kr.get(0).get(j)).sum(Kind::Float).double_value(&[]);
+        assert!((score(5, 2) - score(9, 6)).abs() < 1e-4);
+        assert!((score(3, 3) - score(10, 10)).abs() < 1e-4);
+        assert!((score(5, 2) - score(5, 4)).abs() > 1e-4, "different offsets should differ");
+    }
+}
