@@ -21,13 +21,21 @@ use tch::{nn, nn::Module, Tensor};
 use crate::block_attention::split_heads;
 use crate::block_attention::BlockAttentionHeads;
 use crate::{block_attention, AttnConfig, AttnError, BlockScope, HeadDims};
-use bst_ssm::{SsmConfig, SsmSublayer};
+use bst_ssm::{SsmConfig, SsmKind, SsmSublayer};
 
 /// How the SSM output is turned into context states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContextVariant {
     /// Single head: one SSM output, S = W states at the block's own positions, causal mask.
     Sh,
+}
+
+impl std::fmt::Display for ContextVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContextVariant::Sh => "SH",
+        })
+    }
 }
 
 /// One BST attention sublayer: SSM context states + SLIDE self-attention + cross-attention.
@@ -47,14 +55,15 @@ impl BstAttention {
         vs: &nn::Path,
         dims: HeadDims,
         attn: &AttnConfig,
-        ssm: &SsmConfig,
         variant: ContextVariant,
+        ssm_kind: SsmKind,
+        ssm: &SsmConfig,
     ) -> Result<Self, AttnError> {
         let ContextVariant::Sh = variant;
         let d = dims.d_model as i64;
         let self_attn = BlockAttentionHeads::new(&(vs / "self_attn"), dims, attn, BlockScope::OwnAndPrevious)?;
         Ok(Self {
-            ssm: SsmSublayer::new(&(vs / "ssm"), dims.d_model, dims.d_model, ssm)?,
+            ssm: SsmSublayer::new(&(vs / "ssm"), dims.d_model, dims.d_model, ssm_kind, ssm)?,
             self_attn,
             cross_q: nn::linear(vs / "cross_q", d, d, Default::default()),
             cross_kv: nn::linear(vs / "cross_kv", d, 2 * d, Default::default()),
@@ -104,7 +113,7 @@ mod tests {
     fn layer(vs: &nn::VarStore, window: usize) -> BstAttention {
         let dims = HeadDims { d_model: 16, n_heads: 2, dropout: 0.0 };
         let attn = AttnConfig { window, ..AttnConfig::default() };
-        BstAttention::new(&vs.root(), dims, &attn, &SsmConfig::default(), ContextVariant::Sh).unwrap()
+        BstAttention::new(&vs.root(), dims, &attn, ContextVariant::Sh, SsmKind::S4d, &SsmConfig::default()).unwrap()
     }
 
     #[test]

@@ -1,1 +1,24 @@
-//! placeholder
+//! Language models built from bst layers, and the one training/evaluation engine that runs them
+//! all identically, so that comparisons are fair by construction.
+//!
+//! A model is a decoder LM: token embedding, pre-norm residual layers (attention sublayer, then
+//! MLP), a final norm and an output head. Attention sublayers are SLIDE, except at the indices in
+//! `model.ssm_layers`, which are BST layers. Logits are `[batch, seq, vocab]`.
+
+pub mod config; // Architecture (paper names: BST:SH:S4D, SLIDE) and ModelConfig (the [model] table)
+pub mod device; // DeviceChoice: auto | cpu | cuda[:N]
+pub mod error; // ModelError: invalid configurations, named by key
+pub mod eval; // loss, perplexity and bits per byte over a split
+pub mod lm; // LanguageModel: embedding, layers, head
+pub mod run_config; // RunConfig: everything one training run needs, validated as a whole
+pub mod schedule; // learning rate: linear warmup then cosine decay
+pub mod train; // TrainConfig and the training loop (AdamW, clipping, NaN checks)
+
+pub use config::{Architecture, ModelConfig};
+pub use device::DeviceChoice;
+pub use error::ModelError;
+pub use eval::{evaluate, EvalMetrics};
+pub use lm::LanguageModel;
+pub use run_config::RunConfig;
+pub use schedule::lr_at;
+pub use train::{train, StepMetrics, TrainConfig, TrainOutcome};

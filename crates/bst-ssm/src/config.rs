@@ -4,22 +4,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::SsmError;
 
-/// Which state-space kernel family generates the convolution kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Which state-space kernel family generates the convolution kernel. It is part of a model's
+/// name (`BST:SH:S4D`), so it is chosen by the model, not by the `[ssm]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SsmKind {
     /// Diagonal complex state matrix (Gu et al. 2022, "On the Parameterization and
     /// Initialization of Diagonal State Space Models"), S4D-Lin initialisation.
     S4d,
 }
 
-/// Hyper-parameters of the SSM sublayer. Defaults are the paper's (N = 16, d/4 projection) and
+/// Hyper-parameters of the SSM sublayer (every kernel family reads the ones it uses). Defaults are the paper's (N = 16, d/4 projection) and
 /// s4d.py's (dt in [1e-3, 1e-1]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsmConfig {
-    /// Kernel family.
-    pub kind: SsmKind,
     /// State size N (number of complex modes is N/2, as conjugate pairs). Must be even.
     pub state_size: usize,
     /// Lower end of the log-uniform initial range of the discretisation step.
@@ -34,7 +32,7 @@ pub struct SsmConfig {
 
 impl Default for SsmConfig {
     fn default() -> Self {
-        Self { kind: SsmKind::S4d, state_size: 16, dt_min: 1e-3, dt_max: 1e-1, proj_factor: 4, lr_scale: 1.0 }
+        Self { state_size: 16, dt_min: 1e-3, dt_max: 1e-1, proj_factor: 4, lr_scale: 1.0 }
     }
 }
 

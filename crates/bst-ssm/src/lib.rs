@@ -14,5 +14,5 @@ pub mod sublayer; // the BST SSM sublayer: project down, S4D, GELU, project up
 pub use config::{SsmConfig, SsmKind};
 pub use error::SsmError;
 pub use fft_conv::{causal_fft_conv, direct_causal_conv};
-pub use s4d::S4d;
+pub use s4d::{S4d, SSM_PARAM_GROUP};
 pub use sublayer::SsmSublayer;

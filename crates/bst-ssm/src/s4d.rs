@@ -12,7 +12,7 @@ use crate::{causal_fft_conv, SsmConfig, SsmError};
 
 /// Optimiser group of the SSM kernel parameters (A, dt): no weight decay, own learning rate.
 /// bst-model maps var-store groups to optimiser settings; see `bst_model::train`.
-pub const SSM_PARAM_GROUP: usize = 2;
+pub const SSM_PARAM_GROUP: usize = 1;
 
 /// A bank of `channels` independent diagonal SSMs, applied by causal FFT convolution.
 #[derive(Debug)]

@@ -14,11 +14,11 @@ pub struct SsmSublayer {
 }
 
 impl SsmSublayer {
-    pub fn new(vs: &nn::Path, d_in: usize, d_out: usize, cfg: &SsmConfig) -> Result<Self, SsmError> {
+    pub fn new(vs: &nn::Path, d_in: usize, d_out: usize, kind: SsmKind, cfg: &SsmConfig) -> Result<Self, SsmError> {
         cfg.validate(d_in)?;
         let channels = cfg.channels(d_in);
         let down = nn::linear(vs / "down", d_in as i64, channels as i64, Default::default());
-        let ssm = match cfg.kind {
+        let ssm = match kind {
             SsmKind::S4d => S4d::new(&(vs / "s4d"), channels, cfg)?,
         };
         let up = nn::linear(vs / "up", channels as i64, d_out as i64, Default::default());
@@ -45,7 +45,7 @@ mod tests {
     fn shapes_and_causality() {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = SsmSublayer::new(&vs.root(), 16, 24, &SsmConfig::default()).unwrap();
+        let layer = SsmSublayer::new(&vs.root(), 16, 24, SsmKind::S4d, &SsmConfig::default()).unwrap();
         let xs = Tensor::randn([1, 21, 16], (Kind::Float, Device::Cpu));
         let ys = layer.forward(&xs);
         assert_eq!(ys.size(), vec![1, 21, 24]);
@@ -60,7 +60,7 @@ mod tests {
     fn rejects_projection_that_does_not_divide() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = SsmConfig { proj_factor: 3, ..SsmConfig::default() };
-        let err = SsmSublayer::new(&vs.root(), 16, 16, &cfg).unwrap_err().to_string();
+        let err = SsmSublayer::new(&vs.root(), 16, 16, SsmKind::S4d, &cfg).unwrap_err().to_string();
         assert!(err.contains("proj_factor"), "{err}");
     }
 }

@@ -1,0 +1,116 @@
+//! Model architecture and sizes: the `[model]` table of a run.
+
+use std::{fmt, str::FromStr};
+
+use bst_attn::ContextVariant;
+use bst_ssm::SsmKind;
+use serde::{Deserialize, Serialize};
+
+/// A model family, named as in the paper's tables; the name is what users write in TOML
+/// (`model.arch = "BST:SH:S4D"`) and what tables and plots print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Architecture {
+    /// Block-State Transformer: SLIDE layers, with BST layers at `model.ssm_layers`.
+    Bst { context: ContextVariant, ssm: SsmKind },
+    /// Sliding-window Block Transformer: every layer attends to its block and the previous one.
+    Slide,
+}
+
+impl Architecture {
+    /// Every architecture this build can train, by name.
+    pub const ALL: [Architecture; 2] =
+        [Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4d }, Architecture::Slide];
+
+    fn allowed() -> String {
+        Self::ALL.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Architecture::Bst { context, ssm } => {
+                let ssm = match ssm {
+                    SsmKind::S4d => "S4D",
+                };
+                write!(f, "BST:{context}:{ssm}")
+            }
+            Architecture::Slide => f.write_str("SLIDE"),
+        }
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.to_string().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown architecture `{s}`, expected one of: {}", Self::allowed()))
+    }
+}
+
+impl TryFrom<String> for Architecture {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Architecture> for String {
+    fn from(a: Architecture) -> String {
+        a.to_string()
+    }
+}
+
+/// Sizes and layout of the LM. Defaults are the paper's ~200M backbone (meliad `medium_150M`:
+/// 12 layers, d_model 1024, 8 heads, MLP 4096, dropout 0.05); CPU experiments set small sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Architecture, by its paper name.
+    pub arch: Architecture,
+    /// Number of residual layers.
+    pub n_layers: usize,
+    /// Embedding width.
+    pub d_model: usize,
+    /// Attention heads (d_model / n_heads must be even).
+    pub n_heads: usize,
+    /// MLP hidden width as a multiple of d_model.
+    pub mlp_ratio: usize,
+    /// Dropout on embeddings, attention and residual branches during training.
+    pub dropout: f64,
+    /// Indices of the layers that are BST layers (BST only; meliad's `recurrent_layer_indices`).
+    pub ssm_layers: Vec<usize>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            arch: Architecture::Slide,
+            n_layers: 12,
+            d_model: 1024,
+            n_heads: 8,
+            mlp_ratio: 4,
+            dropout: 0.05,
+            ssm_layers: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_choices() {
+        for a in Architecture::ALL {
+            assert_eq!(a.to_string().parse::<Architecture>(), Ok(a));
+        }
+        assert_eq!("bst:sh:s4d".parse::<Architecture>().unwrap().to_string(), "BST:SH:S4D");
+        let err = "BST:XX".parse::<Architecture>().unwrap_err();
+        assert!(err.contains("BST:SH:S4D, SLIDE"), "{err}");
+    }
+}

@@ -1,0 +1,127 @@
+//! Everything one training run needs, composed from each crate's own table and validated as a
+//! whole before anything starts.
+
+use bst_attn::{AttnConfig, HeadDims};
+use bst_data::DataConfig;
+use bst_ssm::SsmConfig;
+use serde::{Deserialize, Serialize};
+use tch::nn;
+
+use crate::{Architecture, LanguageModel, ModelConfig, ModelError, TrainConfig};
+
+/// One run: `[model]`, `[attn]`, `[ssm]`, `[data]`, `[train]` and the seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub attn: AttnConfig,
+    pub ssm: SsmConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+    /// Seeds parameter initialisation, dropout and batch sampling.
+    pub seed: u64,
+}
+
+impl RunConfig {
+    /// Checks every cross-field constraint; the error names the key to fix.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let (m, t) = (&self.model, &self.train);
+        HeadDims { d_model: m.d_model, n_heads: m.n_heads, dropout: m.dropout }.validate()?;
+        self.attn.validate()?;
+        self.data.validate()?;
+        if m.n_layers == 0 {
+            return Err(ModelError::invalid("model.n_layers", m.n_layers, "must be >= 1"));
+        }
+        if m.mlp_ratio == 0 {
+            return Err(ModelError::invalid("model.mlp_ratio", m.mlp_ratio, "must be >= 1"));
+        }
+        match m.arch {
+            Architecture::Bst { .. } => {
+                self.ssm.validate(m.d_model)?;
+                if m.ssm_layers.is_empty() {
+                    return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("{} needs at least one BST layer index", m.arch)));
+                }
+                if let Some(&bad) = m.ssm_layers.iter().find(|&&i| i >= m.n_layers) {
+                    return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("index {bad} is not a layer (model.n_layers = {}, indices 0..={})", m.n_layers, m.n_layers - 1)));
+                }
+            }
+            Architecture::Slide if !m.ssm_layers.is_empty() => {
+                return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, "SLIDE has no BST layers: leave it empty"));
+            }
+            Architecture::Slide => {}
+        }
+        if t.seq_len == 0 || t.seq_len % self.attn.window != 0 {
+            return Err(ModelError::invalid("train.seq_len", t.seq_len, format!("must be a positive multiple of attn.window = {}", self.attn.window)));
+        }
+        for (key, v) in [("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size)] {
+            if v == 0 {
+                return Err(ModelError::invalid(key, v, "must be >= 1"));
+            }
+        }
+        if t.warmup_steps > t.steps {
+            return Err(ModelError::invalid("train.warmup_steps", t.warmup_steps, format!("must be <= train.steps = {}", t.steps)));
+        }
+        if !(t.lr > 0.0) || !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return Err(ModelError::invalid("train.lr", t.lr, "need lr > 0 and 0 <= min_lr_ratio <= 1"));
+        }
+        Ok(())
+    }
+
+    /// Builds the configured model (after `tch::manual_seed(seed)`, so initialisation is seeded).
+    pub fn build_model(&self, vs: &nn::Path, vocab_size: usize) -> Result<LanguageModel, ModelError> {
+        self.validate()?;
+        tch::manual_seed(self.seed as i64);
+        LanguageModel::new(vs, &self.model, &self.attn, &self.ssm, vocab_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bst() -> RunConfig {
+        let mut cfg = RunConfig::default();
+        cfg.model.arch = "BST:SH:S4D".parse().unwrap();
+        cfg.model.ssm_layers = vec![1];
+        cfg.attn.window = 64;
+        cfg
+    }
+
+    fn error_of(cfg: &RunConfig) -> String {
+        cfg.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_and_a_bst_run_are_valid() {
+        RunConfig::default().validate().unwrap();
+        bst().validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_combinations_name_the_key() {
+        let mut c = bst();
+        c.model.ssm_layers = vec![1, 12];
+        assert!(error_of(&c).contains("model.ssm_layers") && error_of(&c).contains("index 12"), "{}", error_of(&c));
+        let mut c = bst();
+        c.model.ssm_layers = vec![];
+        assert!(error_of(&c).contains("model.ssm_layers"));
+        let mut c = bst();
+        c.train.seq_len = 100;
+        assert!(error_of(&c).contains("train.seq_len") && error_of(&c).contains("attn.window = 64"));
+        let mut c = RunConfig::default();
+        c.model.ssm_layers = vec![0];
+        assert!(error_of(&c).contains("SLIDE has no BST layers"));
+        let mut c = bst();
+        c.ssm.state_size = 3;
+        assert!(error_of(&c).contains("ssm.state_size"));
+        let mut c = RunConfig::default();
+        c.model.n_heads = 5;
+        assert!(error_of(&c).contains("model.n_heads"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_serde() {
+        let err = toml::from_str::<RunConfig>("[model]\nwidth = 3\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `width`") && err.contains("d_model"), "{err}");
+    }
+}
