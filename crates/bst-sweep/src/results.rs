@@ -1,0 +1,58 @@
+//! runs.csv: one row per finished run, every grid key as a column, then the measurements and
+//! their provenance.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::run::{write_atomic, RunRecord};
+
+const METRICS: [&str; 19] = [
+    "arch", "params", "steps", "tokens_seen", "wall_s", "tokens_per_s", "final_train_loss",
+    "valid_loss", "valid_ppl", "valid_bpb", "test_loss", "test_ppl", "test_bpb", "eval_tokens",
+    "unigram_test_bpb", "git_commit", "device", "date", "run_id",
+];
+
+/// The header of runs.csv for these grid keys.
+pub fn header(grid_keys: &[String]) -> Vec<String> {
+    let lead = ["variant".to_string()].into_iter().chain(grid_keys.iter().cloned()).chain(["seed".to_string()]);
+    lead.chain(METRICS.iter().map(|s| s.to_string())).collect()
+}
+
+fn row(r: &RunRecord, grid_keys: &[String]) -> Vec<String> {
+    let mut cells = vec![r.variant.clone()];
+    cells.extend(grid_keys.iter().map(|k| r.point.get(k).cloned().unwrap_or_default()));
+    cells.push(r.seed.to_string());
+    cells.extend([
+        r.arch.clone(),
+        r.params.to_string(),
+        r.steps.to_string(),
+        r.tokens_seen.to_string(),
+        format!("{:.1}", r.wall_s),
+        format!("{:.0}", r.tokens_per_s),
+        format!("{:.4}", r.final_train_loss),
+        format!("{:.4}", r.valid.loss),
+        format!("{:.4}", r.valid.ppl),
+        format!("{:.4}", r.valid.bits_per_byte),
+        format!("{:.4}", r.test.loss),
+        format!("{:.4}", r.test.ppl),
+        format!("{:.4}", r.test.bits_per_byte),
+        r.test.tokens.to_string(),
+        format!("{:.4}", r.unigram_test_bpb),
+        r.provenance.git_commit.clone(),
+        r.provenance.device.clone(),
+        r.provenance.date.clone(),
+        r.run_id.clone(),
+    ]);
+    cells
+}
+
+/// Writes runs.csv atomically from the finished runs, in grid order.
+pub fn write_csv(path: &Path, grid_keys: &[String], records: &[RunRecord]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header(grid_keys))?;
+    for r in records {
+        w.write_record(row(r, grid_keys))?;
+    }
+    write_atomic(path, &w.into_inner()?)
+}

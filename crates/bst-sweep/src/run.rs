@@ -1,0 +1,166 @@
+//! Executing one run: data (loaded once per data configuration), model, training, evaluation,
+//! and the files of its run folder.
+//!
+//! `runs/<run_id>/` holds `config.toml` (the resolved configuration), `metrics.csv` (one row per
+//! optimiser step, written as training goes) and, once the run has finished, `result.json`.
+//! `result.json` is written atomically (temp file + rename) and is the only mark of a finished
+//! run: an interrupted run leaves none and is redone from the start on the next launch.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{Context, Result};
+use bst_data::{ByteTokenizer, Corpus, DataConfig, TokenStream, Tokenizer, TokenizerKind};
+use bst_model::{evaluate, train, EvalMetrics, RunConfig, StepMetrics};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use crate::grid::{point_map, RunSpec};
+use crate::provenance::Provenance;
+
+/// Tokenised splits of one data configuration, shared by every run that uses it.
+pub struct LoadedData {
+    pub train: TokenStream,
+    pub valid: TokenStream,
+    pub test: TokenStream,
+    pub vocab_size: usize,
+    /// Entropy of the training split's byte distribution (bits per byte).
+    pub unigram_entropy_bpb: f64,
+    /// Test bits per byte of the add-one-smoothed unigram model fitted on train.
+    pub unigram_test_bpb: f64,
+}
+
+impl LoadedData {
+    pub fn load(cfg: &DataConfig) -> Result<Self> {
+        let corpus = Corpus::load(cfg)?;
+        let tokenizer: Box<dyn Tokenizer> = match cfg.tokenizer {
+            TokenizerKind::Byte => Box::new(ByteTokenizer),
+        };
+        let train_bytes = corpus.train.concatenated();
+        Ok(Self {
+            unigram_entropy_bpb: bst_data::unigram::entropy_bits(&train_bytes),
+            unigram_test_bpb: bst_data::unigram::cross_entropy_bits(&train_bytes, &corpus.test.concatenated()),
+            train: corpus.train.tokenize(tokenizer.as_ref()),
+            valid: corpus.valid.tokenize(tokenizer.as_ref()),
+            test: corpus.test.tokenize(tokenizer.as_ref()),
+            vocab_size: tokenizer.vocab_size(),
+        })
+    }
+}
+
+/// Loads each distinct data configuration once.
+#[derive(Default)]
+pub struct DataCache {
+    loaded: HashMap<String, Rc<LoadedData>>,
+}
+
+impl DataCache {
+    pub fn get(&mut self, cfg: &DataConfig) -> Result<Rc<LoadedData>> {
+        let key = serde_json::to_string(cfg)?;
+        if let Some(data) = self.loaded.get(&key) {
+            return Ok(data.clone());
+        }
+        let data = Rc::new(LoadedData::load(cfg).with_context(|| format!("loading the {:?} corpus from {}", cfg.corpus, cfg.dir.display()))?);
+        self.loaded.insert(key, data.clone());
+        Ok(data)
+    }
+}
+
+/// Everything known about a finished run: one row of runs.csv.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub variant: String,
+    /// Grid values of this run, by dotted key.
+    pub point: std::collections::BTreeMap<String, String>,
+    pub seed: u64,
+    pub arch: String,
+    pub params: usize,
+    pub steps: usize,
+    pub tokens_seen: usize,
+    pub wall_s: f64,
+    pub tokens_per_s: f64,
+    pub final_train_loss: f64,
+    pub valid: EvalMetrics,
+    pub test: EvalMetrics,
+    pub unigram_test_bpb: f64,
+    pub provenance: Provenance,
+    pub config: RunConfig,
+}
+
+/// The folder of one run.
+pub fn run_dir(results_dir: &Path, run_id: &str) -> PathBuf {
+    results_dir.join("runs").join(run_id)
+}
+
+/// The record of a finished run, if its folder has a readable one for this configuration.
+pub fn finished(results_dir: &Path, spec: &RunSpec) -> Option<RunRecord> {
+    let text = std::fs::read_to_string(run_dir(results_dir, &spec.run_id).join("result.json")).ok()?;
+    let record: RunRecord = serde_json::from_str(&text).ok()?;
+    (record.config == spec.config).then_some(record)
+}
+
+/// Writes `path` atomically: a crash leaves either the old file or the new one, never half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Trains and evaluates one run. `on_step` sees every step and may stop the run.
+pub fn execute(
+    spec: &RunSpec,
+    data: &LoadedData,
+    results_dir: &Path,
+    device: Device,
+    mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
+) -> Result<RunRecord> {
+    let cfg = &spec.config;
+    let dir = run_dir(results_dir, &spec.run_id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_atomic(&dir.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
+    let mut metrics = std::io::BufWriter::new(std::fs::File::create(dir.join("metrics.csv"))?);
+    writeln!(metrics, "step,loss,lr,grad_norm,tokens_seen,elapsed_s,tokens_per_s")?;
+
+    let vs = nn::VarStore::new(device);
+    let model = cfg.build_model(&vs.root(), data.vocab_size)?;
+    let params = bst_model::lm::parameter_count(&vs);
+    let mut io_error = None;
+    let outcome = train(&model, &vs, &cfg.train, cfg.ssm.lr_scale, &data.train, cfg.seed, |m| {
+        if let Err(e) = writeln!(metrics, "{},{},{},{},{},{:.3},{:.1}", m.step, m.loss, m.lr, m.grad_norm, m.tokens_seen, m.elapsed_s, m.tokens_per_s) {
+            io_error = Some(e);
+            return ControlFlow::Break(());
+        }
+        on_step(m)
+    });
+    if let Some(e) = io_error {
+        return Err(e).context("writing metrics.csv");
+    }
+    let outcome = outcome?;
+    metrics.flush()?;
+    let t = &cfg.train;
+    let eval = |stream| evaluate(&model, stream, t.seq_len, t.eval_batch_size, t.eval_tokens, device);
+    let record = RunRecord {
+        run_id: spec.run_id.clone(),
+        variant: spec.variant.clone(),
+        point: point_map(spec),
+        seed: cfg.seed,
+        arch: cfg.model.arch.to_string(),
+        params,
+        steps: outcome.steps,
+        tokens_seen: outcome.tokens_seen,
+        wall_s: outcome.wall_s,
+        tokens_per_s: outcome.tokens_seen as f64 / outcome.wall_s,
+        final_train_loss: outcome.final_loss,
+        valid: eval(&data.valid)?,
+        test: eval(&data.test)?,
+        unigram_test_bpb: data.unigram_test_bpb,
+        provenance: Provenance::now(device),
+        config: cfg.clone(),
+    };
+    write_atomic(&dir.join("result.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    Ok(record)
+}
