@@ -13,6 +13,8 @@
 //! model.arch = "BST:SH:S4D"
 //! [profiles.gpu.base]      # --profile gpu: applied over [base] (and [profiles.gpu.grid] over [grid])
 //! model.d_model = 1024
+//! [profiles.gpu.variant."BST:SH:S4D"]   # and over that variant's keys
+//! model.ssm_layers = [1, 7, 9]
 //! ```
 //! Runs = variants x product(grid) x seeds. Every run's configuration is deserialised (unknown keys
 //! and bad values are errors that name the key and the allowed values) and validated before any
@@ -152,17 +154,30 @@ impl Sweep {
         let profile = profile.unwrap_or(&meta.default_profile).to_string();
         let mut base = take_table(&mut doc, "base").map_err(err)?;
         let mut grid = flatten(&take_table(&mut doc, "grid").map_err(err)?, "grid");
+        let mut variants = variants(&mut doc).map_err(err)?;
         let mut profiles = take_table(&mut doc, "profiles").map_err(err)?;
         match profiles.remove(&profile) {
             Some(Value::Table(mut p)) => {
-                if let Some(bad) = p.keys().find(|k| *k != "base" && *k != "grid") {
-                    return Err(err(format!("profiles.{profile}: unknown key `{bad}`, expected `base` or `grid`")));
+                if let Some(bad) = p.keys().find(|k| !["base", "grid", "variant"].contains(&k.as_str())) {
+                    return Err(err(format!("profiles.{profile}: unknown key `{bad}`, expected one of: base, grid, variant")));
                 }
                 for (key, value) in flatten(&take_table(&mut p, "base").map_err(err)?, "") {
                     set_path(&mut base, &key, value);
                 }
                 for (key, value) in flatten(&take_table(&mut p, "grid").map_err(err)?, "grid") {
                     upsert(&mut grid, key, value);
+                }
+                for (name, keys) in take_table(&mut p, "variant").map_err(err)? {
+                    let Some((_, variant_keys)) = variants.iter_mut().find(|(n, _)| *n == name) else {
+                        let names: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
+                        return Err(err(format!("profiles.{profile}.variant: no variant named `{name}` (variants: {})", names.join(", "))));
+                    };
+                    let Value::Table(keys) = keys else {
+                        return Err(err(format!("profiles.{profile}.variant.\"{name}\" must be a table")));
+                    };
+                    for (key, value) in flatten(&keys, "") {
+                        upsert(variant_keys, key, value);
+                    }
                 }
             }
             Some(_) => return Err(err(format!("profiles.{profile} must be a table"))),
@@ -185,7 +200,6 @@ impl Sweep {
                 _ => Err(err(format!("{key}: a grid key must be a non-empty list of candidates, e.g. {key} = [32, 64]"))),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let variants = variants(&mut doc).map_err(err)?;
 
         let mut runs = Vec::new();
         for (variant, variant_keys) in &variants {
@@ -346,6 +360,8 @@ model.arch = "SLIDE"
 model.d_model = 64
 [profiles.big.grid]
 attn.window = [64]
+[profiles.big.variant.BST]
+model.ssm_layers = [0, 1]
 "#;
 
     fn load(text: &str, profile: Option<&str>, overrides: &[&str]) -> Result<Sweep, GridError> {
@@ -377,6 +393,8 @@ attn.window = [64]
         let big = load(GOOD, Some("big"), &[]).unwrap();
         assert_eq!(big.runs.len(), 4);
         assert!(big.runs.iter().all(|r| r.config.model.d_model == 64 && r.config.attn.window == 64));
+        assert_eq!(big.runs[0].config.model.ssm_layers, vec![0, 1]);
+        assert_eq!(load(GOOD, None, &[]).unwrap().runs[0].config.model.ssm_layers, vec![1]);
         assert!(big.results_dir(Path::new("results")).ends_with("t-big"));
         let o = load(GOOD, None, &["train.steps=7", "train.warmup_steps=2", "model.n_heads=1,2"]).unwrap();
         assert_eq!(o.runs.len(), 16);

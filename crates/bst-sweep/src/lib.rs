@@ -117,6 +117,9 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
             overall.inc(1);
             continue;
         }
+        if interrupted.is_some() {
+            continue; // after an interrupt, only collect what finished earlier
+        }
         let bar = bars.add(ProgressBar::new(spec.config.train.steps as u64));
         bar.set_style(step_style());
         bar.set_prefix(format!("run {}/{}", spec.index + 1, sweep.runs.len()));
@@ -143,7 +146,6 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
             }
             Err(e) if e.downcast_ref::<bst_model::ModelError>().is_some_and(|m| matches!(m, bst_model::ModelError::Interrupted { .. })) => {
                 interrupted = Some(spec.to_string());
-                break;
             }
             Err(e) => {
                 results::write_csv(&csv_path, &sweep.grid_keys, &records)?;

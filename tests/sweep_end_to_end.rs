@@ -1,0 +1,116 @@
+//! End to end: a two-run micro grid on the real books corpus (fetched by scripts/setup.sh) to
+//! runs.csv, plots and report; then resume, interruption, and a typo that fails before any run.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use bst::sweep::{run_sweep, SweepOptions};
+
+fn data_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    assert!(dir.join("books/gutenberg_big.txt").exists(), "{} has no corpus: run scripts/setup.sh first", dir.display());
+    dir
+}
+
+/// A micro grid: SLIDE vs BST:SH:S4D, one window, a tiny model trained for a few steps.
+fn micro_grid(steps: usize, windows: &str) -> String {
+    format!(
+        r#"
+[sweep]
+name = "micro"
+seeds = [0]
+[base]
+model.n_layers = 2
+model.d_model = 32
+model.n_heads = 2
+train.steps = {steps}
+train.warmup_steps = 5
+train.batch_size = 8
+train.seq_len = 64
+train.lr = 3e-3
+train.eval_tokens = 4096
+data.dir = "{}"
+[grid]
+attn.window = {windows}
+[[variant]]
+name = "BST:SH:S4D"
+model.arch = "BST:SH:S4D"
+model.ssm_layers = [1]
+[[variant]]
+name = "SLIDE"
+model.arch = "SLIDE"
+"#,
+        data_dir().display()
+    )
+}
+
+fn options(dir: &Path, grid: &str) -> SweepOptions {
+    let file = dir.join("micro.toml");
+    std::fs::write(&file, grid).unwrap();
+    let mut opts = SweepOptions::new(file);
+    opts.results_root = dir.join("results");
+    opts.device = "cpu".parse().unwrap();
+    opts.progress = false;
+    opts
+}
+
+fn csv_rows(path: &Path) -> (csv::StringRecord, Vec<csv::StringRecord>) {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    (reader.headers().unwrap().clone(), reader.records().map(Result::unwrap).collect())
+}
+
+#[test]
+fn micro_grid_to_csv_plots_and_report_then_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(tmp.path(), &micro_grid(60, "[16]"));
+    let first = run_sweep(&opts).unwrap();
+    assert_eq!((first.trained, first.reused), (2, 0));
+    let dir = tmp.path().join("results/micro");
+    for f in ["runs.csv", "test_bpb.png", "test_bpb.svg", "loss_curves.png", "loss_curves.svg", "report.md", "sweep.toml"] {
+        assert!(dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing or empty");
+    }
+    let (header, rows) = csv_rows(&dir.join("runs.csv"));
+    for col in ["variant", "attn.window", "seed", "params", "tokens_seen", "wall_s", "tokens_per_s", "valid_ppl", "valid_bpb", "test_ppl", "test_bpb", "git_commit", "device", "date"] {
+        assert!(header.iter().any(|h| h == col), "runs.csv lacks column {col}: {header:?}");
+    }
+    assert_eq!(rows.len(), 2);
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    for row in &rows {
+        let (bpb, unigram): (f64, f64) = (row[col("test_bpb")].parse().unwrap(), row[col("unigram_test_bpb")].parse().unwrap());
+        // 60 steps of a tiny model already beat the context-free baseline on held-out text
+        assert!(bpb < unigram, "{}: test bpb {bpb} not below the unigram {unigram}", &row[col("variant")]);
+        assert_eq!(row[col("tokens_seen")].parse::<usize>().unwrap(), 60 * 8 * 64);
+    }
+    assert_ne!(rows[0][col("params")], rows[1][col("params")], "BST adds the SSM and cross-attention parameters");
+
+    let again = run_sweep(&opts).unwrap();
+    assert_eq!((again.trained, again.reused), (0, 2), "a rerun skips finished runs");
+    assert_eq!(csv_rows(&dir.join("runs.csv")).1, rows, "reused runs keep their measurements");
+}
+
+#[test]
+fn interrupted_sweep_keeps_finished_runs_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = options(tmp.path(), &micro_grid(10, "[16]"));
+    run_sweep(&opts).unwrap();
+    // the grid grows by one window; the new runs are interrupted at their first step
+    opts = options(tmp.path(), &micro_grid(10, "[16, 32]"));
+    opts.stop.store(true, Ordering::SeqCst);
+    let err = run_sweep(&opts).unwrap_err().to_string();
+    assert!(err.contains("interrupted") && err.contains("rerun"), "{err}");
+    let csv = tmp.path().join("results/micro/runs.csv");
+    assert_eq!(csv_rows(&csv).1.len(), 2, "the finished runs are still in runs.csv");
+    opts.stop.store(false, Ordering::SeqCst);
+    let resumed = run_sweep(&opts).unwrap();
+    assert_eq!((resumed.trained, resumed.reused), (2, 2));
+    assert_eq!(csv_rows(&csv).1.len(), 4);
+}
+
+#[test]
+fn a_typo_fails_before_any_run_naming_file_key_and_choices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = micro_grid(10, "[16]").replace("model.arch = \"SLIDE\"", "model.arch = \"SLIDEE\"");
+    let err = format!("{:#}", run_sweep(&options(tmp.path(), &grid)).unwrap_err());
+    assert!(err.contains("micro.toml") && err.contains("model.arch") && err.contains("BST:SH:S4D, SLIDE"), "{err}");
+    assert!(!tmp.path().join("results").exists(), "nothing may be written before validation passes");
+}
