@@ -58,12 +58,13 @@ impl BstAttention {
         variant: ContextVariant,
         ssm_kind: SsmKind,
         ssm: &SsmConfig,
+        max_len: usize,
     ) -> Result<Self, AttnError> {
         let ContextVariant::Sh = variant;
         let d = dims.d_model as i64;
         let self_attn = BlockAttentionHeads::new(&(vs / "self_attn"), dims, attn, BlockScope::OwnAndPrevious)?;
         Ok(Self {
-            ssm: SsmSublayer::new(&(vs / "ssm"), dims.d_model, dims.d_model, ssm_kind, ssm)?,
+            ssm: SsmSublayer::new(&(vs / "ssm"), dims.d_model, dims.d_model, 1, ssm_kind, ssm, max_len)?,
             self_attn,
             cross_q: nn::linear(vs / "cross_q", d, d, Default::default()),
             cross_kv: nn::linear(vs / "cross_kv", d, 2 * d, Default::default()),
@@ -100,7 +101,7 @@ impl nn::ModuleT for BstAttention {
     /// # Shapes
     /// - `xs`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let context = self.ssm.forward(xs); // [b, seq, d]: whole sequence at once
+        let context = self.ssm.forward_t(xs, train).squeeze_dim(2); // [b, seq, d]: whole sequence at once
         self.forward_with_context(xs, &context, train)
     }
 }
@@ -113,7 +114,7 @@ mod tests {
     fn layer(vs: &nn::VarStore, window: usize) -> BstAttention {
         let dims = HeadDims { d_model: 16, n_heads: 2, dropout: 0.0 };
         let attn = AttnConfig { window, ..AttnConfig::default() };
-        BstAttention::new(&vs.root(), dims, &attn, ContextVariant::Sh, SsmKind::S4d, &SsmConfig::default()).unwrap()
+        BstAttention::new(&vs.root(), dims, &attn, ContextVariant::Sh, SsmKind::S4d, &SsmConfig::default(), 64).unwrap()
     }
 
     #[test]

@@ -19,8 +19,12 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture this build can train, by name.
-    pub const ALL: [Architecture; 2] =
-        [Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4d }, Architecture::Slide];
+    pub const ALL: [Architecture; 4] = [
+        Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4d },
+        Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4 },
+        Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::Unstructured },
+        Architecture::Slide,
+    ];
 
     fn allowed() -> String {
         Self::ALL.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
@@ -33,6 +37,8 @@ impl fmt::Display for Architecture {
             Architecture::Bst { context, ssm } => {
                 let ssm = match ssm {
                     SsmKind::S4d => "S4D",
+                    SsmKind::S4 => "S4",
+                    SsmKind::Unstructured => "UNSTRUCT",
                 };
                 write!(f, "BST:{context}:{ssm}")
             }
@@ -111,6 +117,6 @@ mod tests {
         }
         assert_eq!("bst:sh:s4d".parse::<Architecture>().unwrap().to_string(), "BST:SH:S4D");
         let err = "BST:XX".parse::<Architecture>().unwrap_err();
-        assert!(err.contains("BST:SH:S4D, SLIDE"), "{err}");
+        assert!(err.contains("BST:SH:S4D, BST:SH:S4, BST:SH:UNSTRUCT, SLIDE"), "{err}");
     }
 }

@@ -69,13 +69,15 @@ pub struct LanguageModel {
 }
 
 impl LanguageModel {
-    /// Builds the model; variable names follow the module tree (`layers.3.mixer.ssm.s4d.log_dt`).
+    /// Builds the model; variable names follow the module tree (`layers.3.mixer.ssm.conv.s4d.log_dt`).
+    /// `max_len` is the training sequence length (the number of taps of unstructured filters).
     pub fn new(
         vs: &nn::Path,
         model: &ModelConfig,
         attn: &AttnConfig,
         ssm: &SsmConfig,
         vocab_size: usize,
+        max_len: usize,
     ) -> Result<Self, ModelError> {
         let d = model.d_model as i64;
         let dims = HeadDims { d_model: model.d_model, n_heads: model.n_heads, dropout: model.dropout };
@@ -84,7 +86,7 @@ impl LanguageModel {
                 let p = vs / "layers" / i;
                 let mixer = match model.arch {
                     Architecture::Bst { context, ssm: kind } if model.ssm_layers.contains(&i) => {
-                        Mixer::Bst(Box::new(BstAttention::new(&(&p / "mixer"), dims, attn, context, kind, ssm)?))
+                        Mixer::Bst(Box::new(BstAttention::new(&(&p / "mixer"), dims, attn, context, kind, ssm, max_len)?))
                     }
                     _ => Mixer::Slide(BlockSelfAttention::new(&(&p / "mixer"), dims, attn, BlockScope::OwnAndPrevious)?),
                 };
@@ -143,14 +145,14 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, ssm_layers, ..ModelConfig::default() };
         let attn = AttnConfig { window: 8, ..AttnConfig::default() };
-        let lm = LanguageModel::new(&vs.root(), &cfg, &attn, &SsmConfig::default(), 256).unwrap();
+        let lm = LanguageModel::new(&vs.root(), &cfg, &attn, &SsmConfig::default(), 256, 32).unwrap();
         (vs, lm)
     }
 
     /// End-to-end causality: changing token t changes no logit before t, for every architecture.
     #[test]
     fn every_architecture_is_causal_end_to_end() {
-        for (arch, layers) in [("SLIDE", vec![]), ("BST:SH:S4D", vec![1]), ("BST:SH:S4D", vec![0, 1])] {
+        for (arch, layers) in [("SLIDE", vec![]), ("BST:SH:S4D", vec![1]), ("BST:SH:S4D", vec![0, 1]), ("BST:SH:S4", vec![0]), ("BST:SH:UNSTRUCT", vec![1])] {
             let (_vs, lm) = model(arch, layers.clone());
             let tokens = Tensor::randint(256, [2, 32], (Kind::Int64, Device::Cpu));
             let logits = lm.logits(&tokens, false);
@@ -170,7 +172,7 @@ mod tests {
         let (vs_slide, _) = model("SLIDE", vec![]);
         let (vs_bst, _) = model("BST:SH:S4D", vec![1]);
         let names = vs_bst.variables();
-        assert!(names.keys().any(|k| k.starts_with("layers.1.mixer.ssm.s4d.")));
+        assert!(names.keys().any(|k| k.starts_with("layers.1.mixer.ssm.conv.s4d.")));
         assert!(!names.keys().any(|k| k.starts_with("layers.0.mixer.ssm")));
         assert!(parameter_count(&vs_bst) > parameter_count(&vs_slide));
     }

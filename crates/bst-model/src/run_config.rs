@@ -71,7 +71,7 @@ impl RunConfig {
     pub fn build_model(&self, vs: &nn::Path, vocab_size: usize) -> Result<LanguageModel, ModelError> {
         self.validate()?;
         tch::manual_seed(self.seed as i64);
-        LanguageModel::new(vs, &self.model, &self.attn, &self.ssm, vocab_size)
+        LanguageModel::new(vs, &self.model, &self.attn, &self.ssm, vocab_size, self.train.seq_len)
     }
 }
 

@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn loss_decreases_for_every_architecture() {
-        for arch in ["SLIDE", "BST:SH:S4D"] {
+        for arch in ["SLIDE", "BST:SH:S4D", "BST:SH:S4", "BST:SH:UNSTRUCT"] {
             let losses = run(arch, 0);
             let (first, last) = (losses[..3].iter().sum::<f64>() / 3.0, losses[27..].iter().sum::<f64>() / 3.0);
             assert!(last < first * 0.7, "{arch}: loss {first:.3} -> {last:.3} did not drop");
@@ -219,14 +219,15 @@ mod tests {
         assert!(!decays("layers.0.mixer.qkv.bias"));
         assert!(!decays("layers.0.norm1.weight"));
         assert!(!decays("embed.weight"));
-        assert!(!decays("layers.1.mixer.ssm.s4d.log_dt"));
+        assert!(!decays("layers.1.mixer.ssm.conv.s4d.log_dt"));
+        assert!(!decays("layers.1.mixer.ssm.conv.long_conv.taps"));
     }
 
     #[test]
     fn stopping_from_the_callback_interrupts() {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let lm = LanguageModel::new(&vs.root(), &ModelConfig { n_layers: 1, d_model: 16, n_heads: 2, ..Default::default() }, &AttnConfig { window: 8, ..Default::default() }, &SsmConfig::default(), 256).unwrap();
+        let lm = LanguageModel::new(&vs.root(), &ModelConfig { n_layers: 1, d_model: 16, n_heads: 2, ..Default::default() }, &AttnConfig { window: 8, ..Default::default() }, &SsmConfig::default(), 256, 16).unwrap();
         let cfg = TrainConfig { steps: 10, batch_size: 2, seq_len: 16, warmup_steps: 2, ..Default::default() };
         let err = train(&lm, &vs, &cfg, 1.0, &repeating_text_stream(), 0, |m| if m.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }).unwrap_err();
         assert!(matches!(err, ModelError::Interrupted { step: 2 }), "{err}");

@@ -4,60 +4,109 @@ use serde::{Deserialize, Serialize};
 
 use crate::SsmError;
 
-/// Which state-space kernel family generates the convolution kernel. It is part of a model's
-/// name (`BST:SH:S4D`), so it is chosen by the model, not by the `[ssm]` table.
+/// Which family generates the convolution kernel. It is part of a model's name (`BST:SH:S4D`,
+/// `BST:SH:S4`, `BST:SH:UNSTRUCT`), so the model chooses it, not the `[ssm]` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SsmKind {
-    /// Diagonal complex state matrix (Gu et al. 2022, "On the Parameterization and
-    /// Initialization of Diagonal State Space Models"), S4D-Lin initialisation.
+    /// Diagonal complex state matrix (Gu, Gupta, Goel, Ré 2022).
     S4d,
+    /// Diagonal plus low-rank state matrix from HiPPO-LegS (Gu, Goel, Ré 2022).
+    S4,
+    /// Explicit length-L filters with regularisation (Fu et al. 2023), the paper's "unstructured" SSM.
+    Unstructured,
 }
 
-/// Hyper-parameters of the SSM sublayer (every kernel family reads the ones it uses). Defaults are the paper's (N = 16, d/4 projection) and
-/// s4d.py's (dt in [1e-3, 1e-1]).
+/// Initialisation of S4D's diagonal A (S4D paper, §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum S4dInit {
+    /// `A_n = -1/2 + i*pi*n`.
+    Lin,
+    /// `A_n = -1/2 + i*N/pi*(N/(2n+1) - 1)`: approximates S4-LegS.
+    Inv,
+}
+
+/// How the continuous-time S4D system is discretised (S4 always uses bilinear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discretization {
+    /// Zero-order hold: `Ā = exp(dt A)`, `B̄ = (exp(dt A) - 1)/A`.
+    Zoh,
+    /// Bilinear (Tustin): `Ā = (1 + dt A/2)/(1 - dt A/2)`, `B̄ = dt/(1 - dt A/2)`.
+    Bilinear,
+}
+
+/// Hyper-parameters of the SSM sublayer; each kernel family reads the ones it uses. Defaults are
+/// the paper's (N = 16, d/4 projection), s4d.py's (dt in [1e-3, 1e-1]) and Fu et al.'s (7-tap
+/// smoothing, soft-threshold squash).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsmConfig {
-    /// State size N (number of complex modes is N/2, as conjugate pairs). Must be even.
+    /// State size N (S4D: N/2 complex conjugate pairs; S4: N). Must be even.
     pub state_size: usize,
     /// Lower end of the log-uniform initial range of the discretisation step.
     pub dt_min: f64,
     /// Upper end of the log-uniform initial range of the discretisation step.
     pub dt_max: f64,
+    /// S4D initialisation of A.
+    pub init: S4dInit,
+    /// S4D discretisation.
+    pub discretization: Discretization,
     /// The sublayer projects d_model down by this factor before the convolution (paper: 4).
     pub proj_factor: usize,
-    /// Learning rate of the SSM kernel parameters (A, dt) relative to the base learning rate.
+    /// Learning rate of the SSM kernel parameters (A, dt, and S4's P and B) relative to the base
+    /// learning rate; they never get weight decay. S4's recipes train A and dt at 0.001 against
+    /// 0.004-0.01 for the rest, a ratio of 0.1-0.25.
     pub lr_scale: f64,
+    /// Unstructured: soft threshold of the squash `sign(k) * relu(|k| - squash)` (0 = off).
+    /// Keep it below the initial tap scale (about 0.02) or the kernel starts dead.
+    pub squash: f64,
+    /// Unstructured: width of the moving-average smoothing of the taps (odd; 1 = off).
+    pub smooth_window: usize,
 }
 
 impl Default for SsmConfig {
     fn default() -> Self {
-        Self { state_size: 16, dt_min: 1e-3, dt_max: 1e-1, proj_factor: 4, lr_scale: 1.0 }
+        Self {
+            state_size: 16,
+            dt_min: 1e-3,
+            dt_max: 1e-1,
+            init: S4dInit::Lin,
+            discretization: Discretization::Zoh,
+            proj_factor: 4,
+            lr_scale: 0.25,
+            squash: 1e-3,
+            smooth_window: 7,
+        }
     }
 }
 
 impl SsmConfig {
     /// Checks the values that serde cannot; `d_model` is the width the sublayer will see.
     pub fn validate(&self, d_model: usize) -> Result<(), SsmError> {
+        self.validate_kernel()?;
+        if self.proj_factor == 0 || d_model % self.proj_factor != 0 {
+            return Err(SsmError::invalid("proj_factor", self.proj_factor, format!("must be >= 1 and divide model.d_model = {d_model}")));
+        }
+        Ok(())
+    }
+
+    /// Checks the values a kernel generator reads (everything but the projection).
+    pub fn validate_kernel(&self) -> Result<(), SsmError> {
         if self.state_size < 2 || self.state_size % 2 != 0 {
             return Err(SsmError::invalid("state_size", self.state_size, "must be an even number >= 2"));
         }
         if !(self.dt_min > 0.0 && self.dt_min <= self.dt_max) {
-            return Err(SsmError::invalid(
-                "dt_min",
-                self.dt_min,
-                format!("need 0 < dt_min <= dt_max (dt_max = {})", self.dt_max),
-            ));
-        }
-        if self.proj_factor == 0 || d_model % self.proj_factor != 0 {
-            return Err(SsmError::invalid(
-                "proj_factor",
-                self.proj_factor,
-                format!("must be >= 1 and divide model.d_model = {d_model}"),
-            ));
+            return Err(SsmError::invalid("dt_min", self.dt_min, format!("need 0 < dt_min <= dt_max (dt_max = {})", self.dt_max)));
         }
         if !(self.lr_scale > 0.0) {
             return Err(SsmError::invalid("lr_scale", self.lr_scale, "must be > 0"));
+        }
+        if !(self.squash >= 0.0) {
+            return Err(SsmError::invalid("squash", self.squash, "must be >= 0"));
+        }
+        if self.smooth_window % 2 == 0 {
+            return Err(SsmError::invalid("smooth_window", self.smooth_window, "must be odd (1 = no smoothing)"));
         }
         Ok(())
     }

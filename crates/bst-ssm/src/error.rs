@@ -1,10 +1,13 @@
-//! Errors raised while building SSM layers from a configuration.
+//! Errors raised while building or stepping SSM layers.
 
-/// A configuration that cannot build an SSM; the message names the offending key.
+/// A configuration that cannot build an SSM (the message names the offending key), or a request
+/// the kernel family cannot serve.
 #[derive(Debug, thiserror::Error)]
 pub enum SsmError {
     #[error("ssm.{key} = {value}: {reason}")]
     InvalidConfig { key: &'static str, value: String, reason: String },
+    #[error("{kind:?} kernels have no recurrent (step) mode")]
+    NoRecurrentMode { kind: crate::SsmKind },
 }
 
 impl SsmError {

@@ -2,17 +2,28 @@
 //!
 //! An SSM maps a whole sequence `u: [batch, channels, seq]` to a same-length output by a causal
 //! convolution `y = K * u + D u`, whose kernel `K = (CB̄, CĀB̄, …, CĀ^{L-1}B̄)` is generated from a few
-//! parameters and applied with an FFT in O(L log L). Shapes follow `[batch, channels, seq]` inside
-//! the kernels and `[batch, seq, d_model]` at the sublayer boundary.
+//! parameters (S4D, S4) or learned tap by tap (unstructured), and applied with an FFT in
+//! O(L log L). S4D and S4 also run as recurrences, one token at a time. Shapes are
+//! `[batch, channels, seq]` inside the kernels and `[batch, seq, d_model]` at the sublayer boundary.
 
-pub mod config; // SsmConfig: the typed choice of kernel family and its hyper-parameters
-pub mod error; // SsmError: what can go wrong when building an SSM
+pub mod config; // SsmConfig and the kernel-family / init / discretisation choices
+pub mod error; // SsmError: invalid configurations, unsupported modes
 pub mod fft_conv; // causal FFT convolution (zero-padded to 2L) and its O(L^2) direct reference
-pub mod s4d; // S4D: diagonal state-space kernel, S4D-Lin init, ZOH discretisation, D skip
-pub mod sublayer; // the BST SSM sublayer: project down, S4D, GELU, project up
+pub mod hippo; // HiPPO-LegS and its normal-plus-low-rank decomposition
+pub mod long_conv; // unstructured explicit filters with smoothing and squash (Fu et al. 2023)
+pub mod recurrence; // step mode: diagonal and dense discretised systems and their state
+pub mod s4; // S4: DPLR kernel via Cauchy kernel + Woodbury at the roots of unity
+pub mod s4d; // S4D: diagonal kernel, S4D-Lin/Inv, ZOH/bilinear
+pub mod ssm_conv; // a bank of SSM convolutions with D skip, eval cache, conv and step modes
+pub mod sublayer; // the BST SSM sublayer: project down, SSM, GELU, project up
+pub mod vandermonde; // chunked Vandermonde products for diagonal kernels
 
-pub use config::{SsmConfig, SsmKind};
+pub use config::{Discretization, S4dInit, SsmConfig, SsmKind};
 pub use error::SsmError;
 pub use fft_conv::{causal_fft_conv, direct_causal_conv};
-pub use s4d::{S4d, SSM_PARAM_GROUP};
+pub use long_conv::LongConvKernel;
+pub use recurrence::{Recurrence, SsmState};
+pub use s4::S4Kernel;
+pub use s4d::{S4dKernel, SSM_PARAM_GROUP};
+pub use ssm_conv::SsmConv;
 pub use sublayer::SsmSublayer;

@@ -3,35 +3,49 @@
 
 use tch::{nn, nn::Module, Tensor};
 
-use crate::{S4d, SsmConfig, SsmError, SsmKind};
+use crate::{Recurrence, SsmConfig, SsmConv, SsmError, SsmKind, SsmState};
 
-/// `xs: [batch, seq, d_in] -> [batch, seq, d_out]`: Linear(d_in -> d_in/f), SSM, GELU, Linear(-> d_out).
+/// `xs: [batch, seq, d_in] -> [batch, seq, banks, d_out]`:
+/// Linear(d_in -> d_in/f), SSM (per bank), GELU, Linear(-> d_out).
 #[derive(Debug)]
 pub struct SsmSublayer {
     down: nn::Linear,
-    ssm: S4d,
+    conv: SsmConv,
     up: nn::Linear,
 }
 
 impl SsmSublayer {
-    pub fn new(vs: &nn::Path, d_in: usize, d_out: usize, kind: SsmKind, cfg: &SsmConfig) -> Result<Self, SsmError> {
+    /// `banks` independent filter banks share the projections; `max_len` is the training length.
+    pub fn new(vs: &nn::Path, d_in: usize, d_out: usize, banks: usize, kind: SsmKind, cfg: &SsmConfig, max_len: usize) -> Result<Self, SsmError> {
         cfg.validate(d_in)?;
         let channels = cfg.channels(d_in);
-        let down = nn::linear(vs / "down", d_in as i64, channels as i64, Default::default());
-        let ssm = match kind {
-            SsmKind::S4d => S4d::new(&(vs / "s4d"), channels, cfg)?,
-        };
-        let up = nn::linear(vs / "up", channels as i64, d_out as i64, Default::default());
-        Ok(Self { down, ssm, up })
+        Ok(Self {
+            down: nn::linear(vs / "down", d_in as i64, channels as i64, Default::default()),
+            conv: SsmConv::new(&(vs / "conv"), channels, banks, kind, cfg, max_len)?,
+            up: nn::linear(vs / "up", channels as i64, d_out as i64, Default::default()),
+        })
     }
-}
 
-impl Module for SsmSublayer {
+    /// The convolution layer (for its kernels and recurrence).
+    pub fn conv(&self) -> &SsmConv {
+        &self.conv
+    }
+
     /// # Shapes
-    /// - `xs`: `[batch, seq, d_in]` -> `[batch, seq, d_out]`
-    fn forward(&self, xs: &Tensor) -> Tensor {
+    /// - `xs`: `[batch, seq, d_in]` -> `[batch, seq, banks, d_out]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let u = self.down.forward(xs).transpose(1, 2); // [b, channels, seq]
-        let y = self.ssm.forward(&u).gelu("none").transpose(1, 2); // [b, seq, channels]
+        let y = self.conv.forward_t(&u, train).gelu("none"); // [b, banks, channels, seq]
+        self.up.forward(&y.permute([0, 3, 1, 2])) // [b, seq, banks, d_out]
+    }
+
+    /// Recurrent mode, one token.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]` -> `[batch, banks, d_out]`
+    pub fn step(&self, recurrence: &Recurrence, x: &Tensor, state: &mut SsmState) -> Tensor {
+        let u = self.down.forward(x); // [b, channels]
+        let y = self.conv.step(recurrence, &u, state).gelu("none"); // [b, banks, channels]
         self.up.forward(&y)
     }
 }
@@ -42,25 +56,31 @@ mod tests {
     use tch::{Device, Kind};
 
     #[test]
-    fn shapes_and_causality() {
+    fn shapes_causality_and_streaming() {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = SsmSublayer::new(&vs.root(), 16, 24, SsmKind::S4d, &SsmConfig::default()).unwrap();
+        let layer = SsmSublayer::new(&vs.root(), 16, 24, 2, SsmKind::S4d, &SsmConfig::default(), 64).unwrap();
         let xs = Tensor::randn([1, 21, 16], (Kind::Float, Device::Cpu));
-        let ys = layer.forward(&xs);
-        assert_eq!(ys.size(), vec![1, 21, 24]);
+        let ys = layer.forward_t(&xs, false);
+        assert_eq!(ys.size(), vec![1, 21, 2, 24]);
         let xs2 = xs.copy();
         let _ = xs2.narrow(1, 13, 1).fill_(5.0);
-        let ys2 = layer.forward(&xs2);
+        let ys2 = layer.forward_t(&xs2, false);
         let before = (ys.narrow(1, 0, 13) - ys2.narrow(1, 0, 13)).abs().max().double_value(&[]);
         assert!(before < 1e-5, "outputs before the perturbed token changed by {before}");
+
+        let rec = layer.conv().recurrence().unwrap();
+        let mut state = layer.conv().zero_state(&rec, 1);
+        let streamed: Vec<Tensor> = (0..21).map(|t| layer.step(&rec, &xs.select(1, t), &mut state)).collect();
+        let err = (Tensor::stack(&streamed, 1) - &ys).abs().max().double_value(&[]);
+        assert!(err < 1e-4, "streaming differs from the parallel pass by {err}");
     }
 
     #[test]
     fn rejects_projection_that_does_not_divide() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = SsmConfig { proj_factor: 3, ..SsmConfig::default() };
-        let err = SsmSublayer::new(&vs.root(), 16, 16, SsmKind::S4d, &cfg).unwrap_err().to_string();
+        let err = SsmSublayer::new(&vs.root(), 16, 16, 1, SsmKind::S4d, &cfg, 64).unwrap_err().to_string();
         assert!(err.contains("proj_factor"), "{err}");
     }
 }

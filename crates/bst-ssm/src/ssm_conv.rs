@@ -1,0 +1,231 @@
+//! An SSM convolution layer: `banks` independent filter banks of `channels` kernels, one kernel
+//! family, the D skip, and two modes that must agree: convolution over the whole sequence (FFT)
+//! and recurrent steps (S4D, S4).
+//!
+//! Several banks in one call serve BST:MF, which runs S separate filters over the same input.
+//! In evaluation mode (`train = false`) the kernel of the last length is cached: it is a pure
+//! function of the parameters, which only change in training. A training-mode forward clears the
+//! cache; call [`SsmConv::clear_cache`] after changing parameters any other way (e.g. loading a
+//! checkpoint). Kernels computed for the cache carry no gradient.
+
+use std::sync::Mutex;
+
+use tch::{nn, Kind, Tensor};
+
+use crate::{causal_fft_conv, LongConvKernel, Recurrence, S4Kernel, S4dKernel, SsmConfig, SsmError, SsmKind, SsmState};
+
+/// The kernel generator of one family.
+#[derive(Debug)]
+enum Kernel {
+    S4d(S4dKernel),
+    S4(S4Kernel),
+    Unstructured(LongConvKernel),
+}
+
+impl Kernel {
+    fn kernel(&self, seq: i64) -> Tensor {
+        match self {
+            Kernel::S4d(k) => k.kernel(seq),
+            Kernel::S4(k) => k.kernel(seq),
+            Kernel::Unstructured(k) => k.kernel(seq),
+        }
+    }
+}
+
+/// Bank(s) of SSM convolutions with a D skip.
+#[derive(Debug)]
+pub struct SsmConv {
+    kernel: Kernel,
+    kind: SsmKind,
+    d: Tensor, // [banks * channels]
+    channels: i64,
+    banks: i64,
+    cache: Mutex<Option<(i64, Tensor)>>,
+}
+
+impl SsmConv {
+    /// `max_len` is the training length (unstructured filters have that many taps; the other
+    /// families ignore it).
+    pub fn new(vs: &nn::Path, channels: usize, banks: usize, kind: SsmKind, cfg: &SsmConfig, max_len: usize) -> Result<Self, SsmError> {
+        if banks == 0 {
+            return Err(SsmError::invalid("banks", banks, "must be >= 1"));
+        }
+        let all = channels * banks;
+        let kernel = match kind {
+            SsmKind::S4d => Kernel::S4d(S4dKernel::new(&(vs / "s4d"), all, cfg)?),
+            SsmKind::S4 => Kernel::S4(S4Kernel::new(&(vs / "s4"), all, cfg)?),
+            SsmKind::Unstructured => Kernel::Unstructured(LongConvKernel::new(&(vs / "long_conv"), all, max_len, cfg)?),
+        };
+        let d = vs.var("d", &[all as i64], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        Ok(Self { kernel, kind, d, channels: channels as i64, banks: banks as i64, cache: Mutex::new(None) })
+    }
+
+    pub fn channels(&self) -> i64 {
+        self.channels
+    }
+
+    pub fn banks(&self) -> i64 {
+        self.banks
+    }
+
+    /// Kernels of every bank, `[banks, channels, seq]` (cached in evaluation mode).
+    pub fn kernel(&self, seq: i64, train: bool) -> Tensor {
+        let mut cache = self.cache.lock().expect("kernel cache poisoned");
+        if train {
+            *cache = None;
+            return self.kernel.kernel(seq).view([self.banks, self.channels, seq]);
+        }
+        if let Some((len, k)) = cache.as_ref() {
+            if *len == seq {
+                return k.shallow_clone();
+            }
+        }
+        let k = tch::no_grad(|| self.kernel.kernel(seq).view([self.banks, self.channels, seq]));
+        *cache = Some((seq, k.shallow_clone()));
+        k
+    }
+
+    /// Forgets the cached evaluation kernel.
+    pub fn clear_cache(&self) {
+        *self.cache.lock().expect("kernel cache poisoned") = None;
+    }
+
+    /// Convolution mode.
+    ///
+    /// # Shapes
+    /// - `u`: `[batch, channels, seq]` -> `[batch, banks, channels, seq]`
+    pub fn forward_t(&self, u: &Tensor, train: bool) -> Tensor {
+        let (_, channels, seq) = u.size3().expect("SSM input must be [batch, channels, seq]");
+        assert_eq!(channels, self.channels, "SSM has {} channels, input has {channels}", self.channels);
+        let u = u.unsqueeze(1); // [b, 1, h, l]
+        let d = self.d.view([self.banks, self.channels, 1]);
+        causal_fft_conv(&u, &self.kernel(seq, train)) + &u * d
+    }
+
+    /// The discretised system in recurrent form (S4D, S4).
+    pub fn recurrence(&self) -> Result<Recurrence, SsmError> {
+        match &self.kernel {
+            Kernel::S4d(k) => Ok(k.recurrence()),
+            Kernel::S4(k) => Ok(k.recurrence()),
+            Kernel::Unstructured(_) => Err(SsmError::NoRecurrentMode { kind: self.kind }),
+        }
+    }
+
+    /// Recurrent mode: one token for every bank.
+    ///
+    /// # Shapes
+    /// - `u`: `[batch, channels]` -> `[batch, banks, channels]`
+    pub fn step(&self, recurrence: &Recurrence, u: &Tensor, state: &mut SsmState) -> Tensor {
+        let batch = u.size()[0];
+        let u_all = u.unsqueeze(1).expand([batch, self.banks, self.channels], false).reshape([batch, -1]);
+        let y = recurrence.step(&u_all, state) + &u_all * &self.d;
+        y.view([batch, self.banks, self.channels]).to_kind(u.kind())
+    }
+
+    /// A zero state for `batch` sequences.
+    pub fn zero_state(&self, recurrence: &Recurrence, batch: i64) -> SsmState {
+        recurrence.zero_state(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::direct_causal_conv;
+    use tch::Device;
+
+    const KINDS: [SsmKind; 3] = [SsmKind::S4d, SsmKind::S4, SsmKind::Unstructured];
+
+    fn layer(kind: SsmKind, banks: usize) -> (nn::VarStore, SsmConv) {
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = SsmConfig { state_size: 8, proj_factor: 1, ..SsmConfig::default() };
+        let conv = SsmConv::new(&vs.root(), 3, banks, kind, &cfg, 40).unwrap();
+        (vs, conv)
+    }
+
+    #[test]
+    fn conv_mode_equals_direct_convolution_plus_skip() {
+        for kind in KINDS {
+            let (_vs, conv) = layer(kind, 2);
+            let u = Tensor::randn([2, 3, 37], (Kind::Float, Device::Cpu));
+            let y = conv.forward_t(&u, true);
+            assert_eq!(y.size(), vec![2, 2, 3, 37]);
+            let k = conv.kernel(37, true).view([6, 37]);
+            let u6 = u.repeat([1, 2, 1]); // both banks see the same input
+            let reference = (direct_causal_conv(&u6, &k) + &u6 * conv.d.unsqueeze(-1)).view([2, 2, 3, 37]);
+            let err = (&y - reference).abs().max().double_value(&[]);
+            assert!(err < 1e-4, "{kind:?}: conv mode differs from direct convolution by {err}");
+        }
+    }
+
+    #[test]
+    fn recurrent_mode_equals_convolution_mode() {
+        for kind in [SsmKind::S4d, SsmKind::S4] {
+            let (_vs, conv) = layer(kind, 2);
+            let u = Tensor::randn([2, 3, 33], (Kind::Float, Device::Cpu));
+            let y_conv = conv.forward_t(&u, false);
+            let rec = conv.recurrence().unwrap();
+            let mut state = conv.zero_state(&rec, 2);
+            let steps: Vec<Tensor> = (0..33).map(|t| conv.step(&rec, &u.select(2, t), &mut state)).collect();
+            let y_rec = Tensor::stack(&steps, -1);
+            let err = (&y_conv - &y_rec).abs().max().double_value(&[]);
+            let scale = y_conv.abs().max().double_value(&[]);
+            assert!(err / scale < 1e-3, "{kind:?}: recurrent and convolution modes differ by {err} (scale {scale})");
+        }
+        let (_vs, conv) = layer(SsmKind::Unstructured, 1);
+        assert!(matches!(conv.recurrence(), Err(SsmError::NoRecurrentMode { .. })));
+    }
+
+    #[test]
+    fn causal_for_every_kind_odd_lengths_and_batch_one() {
+        for kind in KINDS {
+            let (_vs, conv) = layer(kind, 1);
+            for seq in [1i64, 9, 40, 53] {
+                let u = Tensor::randn([1, 3, seq], (Kind::Float, Device::Cpu));
+                let y = conv.forward_t(&u, true);
+                assert_eq!(y.size(), vec![1, 1, 3, seq]);
+                let t = seq / 2;
+                let u2 = u.copy();
+                let _ = u2.narrow(2, t, seq - t).fill_(3.0);
+                let y2 = conv.forward_t(&u2, true);
+                if t > 0 {
+                    let before = (y.narrow(3, 0, t) - y2.narrow(3, 0, t)).abs().max().double_value(&[]);
+                    assert!(before < 1e-5, "{kind:?} L={seq}: output before {t} changed by {before}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_reach_every_parameter_of_every_kind() {
+        for kind in KINDS {
+            let (vs, conv) = layer(kind, 2);
+            let u = Tensor::randn([2, 3, 24], (Kind::Float, Device::Cpu));
+            conv.forward_t(&u, true).square().sum(Kind::Float).backward();
+            for (name, var) in vs.variables() {
+                let g = var.grad();
+                assert!(g.defined(), "{kind:?} {name}: no gradient");
+                assert!(g.isfinite().all().int64_value(&[]) == 1, "{kind:?} {name}: non-finite gradient");
+                assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{kind:?} {name}: all-zero gradient");
+            }
+        }
+    }
+
+    #[test]
+    fn eval_kernel_is_cached_until_a_training_forward() {
+        let (vs, conv) = layer(SsmKind::S4d, 1);
+        let k1 = conv.kernel(16, false);
+        let k2 = conv.kernel(16, false);
+        assert_eq!(k1.data_ptr(), k2.data_ptr(), "second eval call must reuse the cached kernel");
+        tch::no_grad(|| {
+            for (_, v) in vs.variables() {
+                let _ = v.shallow_clone().g_add_scalar_(0.01);
+            }
+        });
+        let _ = conv.kernel(16, true); // a training forward clears the cache
+        let k3 = conv.kernel(16, false);
+        assert!(!k1.allclose(&k3, 1e-7, 1e-7, false), "after training the kernel must be recomputed");
+        assert!(conv.kernel(24, false).size() == vec![1, 3, 24], "a new length is recomputed");
+    }
+}
