@@ -40,7 +40,7 @@ fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
 
 fn sublayer(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("ssm_sublayer_d{D_MODEL}"));
-    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     for kind in [SsmKind::S4d, SsmKind::S4, SsmKind::Unstructured] {
         let vs = nn::VarStore::new(device());
         let max_len = *LENGTHS.last().unwrap() as usize;
@@ -50,7 +50,7 @@ fn sublayer(c: &mut Criterion) {
             group.throughput(Throughput::Elements(seq as u64));
             group.bench_with_input(BenchmarkId::new(format!("{kind:?}/forward"), seq), &seq, |b, _| {
                 b.iter_custom(|n| timed(n, || {
-                    tch::no_grad(|| layer.forward_t(&xs, true));
+                    drop(tch::no_grad(|| layer.forward_t(&xs, true)));
                 }))
             });
             group.bench_with_input(BenchmarkId::new(format!("{kind:?}/forward+backward"), seq), &seq, |b, _| {
@@ -67,7 +67,7 @@ fn sublayer(c: &mut Criterion) {
 fn convolution(c: &mut Criterion) {
     let _guard = tch::no_grad_guard();
     let mut group = c.benchmark_group(format!("causal_conv_{CONV_CHANNELS}ch"));
-    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     for seq in [256i64, 1024, 4096, 16384] {
         let u = Tensor::randn([1, CONV_CHANNELS, seq], (Kind::Float, device()));
         let k = Tensor::randn([CONV_CHANNELS, seq], (Kind::Float, device()));
@@ -88,7 +88,7 @@ fn kernel_generation(c: &mut Criterion) {
     let (log_a, cb) = s4d.discretize();
     let s4 = SsmConv::new(&(vs.root() / "s4"), channels, 1, SsmKind::S4, &SsmConfig::default(), 1).unwrap();
     let mut group = c.benchmark_group(format!("kernel_{channels}ch_n16"));
-    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     for seq in LENGTHS {
         group.throughput(Throughput::Elements(channels as u64 * seq as u64));
         group.bench_with_input(BenchmarkId::new("s4d_chunked", seq), &seq, |b, &seq| b.iter_custom(|n| timed(n, || drop(diagonal_kernel(&log_a, &cb, seq)))));

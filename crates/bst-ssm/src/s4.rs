@@ -80,7 +80,7 @@ impl S4Kernel {
         let angle = Tensor::arange(seq, (Kind::Double, a_bar.device())) * (-2.0 * std::f64::consts::PI / seq as f64);
         let z = Tensor::complex(&angle.cos(), &angle.sin()).to_kind(Kind::ComplexFloat); // [seq]
         let dt = self.log_dt.exp().unsqueeze(-1).to_kind(Kind::ComplexFloat); // [h, 1]
-        let g = ((-&z + 1.0) / (&z + 1.0)).unsqueeze(0) * (2.0 / dt); // [h, seq]
+        let g = ((-&z + 1.0) / (&z + 1.0)).unsqueeze(0) * (dt.reciprocal() * 2.0); // [h, seq]
         let scale = (&z + 1.0).reciprocal() * 2.0; // [seq]
         let r = (g.unsqueeze(-1) - self.lambda().unsqueeze(1)).reciprocal(); // [h, seq, N]
         let (p, b) = (self.p.view_as_complex(), self.b.view_as_complex());

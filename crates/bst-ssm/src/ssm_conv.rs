@@ -3,14 +3,15 @@
 //! and recurrent steps (S4D, S4).
 //!
 //! Several banks in one call serve BST:MF, which runs S separate filters over the same input.
-//! In evaluation mode (`train = false`) the kernel of the last length is cached: it is a pure
-//! function of the parameters, which only change in training. A training-mode forward clears the
-//! cache; call [`SsmConv::clear_cache`] after changing parameters any other way (e.g. loading a
-//! checkpoint). Kernels computed for the cache carry no gradient.
+//! In evaluation mode (`train = false`) under `tch::no_grad` the kernel of the last length is
+//! cached: it is a pure function of the parameters, which only change in training. A
+//! training-mode forward clears the cache; call [`SsmConv::clear_cache`] after changing parameters
+//! any other way (e.g. loading a checkpoint). With autograd on, the kernel is always recomputed,
+//! so gradients are never silently lost.
 
 use std::sync::Mutex;
 
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Tensor};
 
 use crate::{causal_fft_conv, LongConvKernel, Recurrence, S4Kernel, S4dKernel, SsmConfig, SsmError, SsmKind, SsmState};
 
@@ -68,11 +69,19 @@ impl SsmConv {
         self.banks
     }
 
-    /// Kernels of every bank, `[banks, channels, seq]` (cached in evaluation mode).
+    /// Whether autograd would record an operation on the parameters now (tch exposes no query of
+    /// the grad mode, so probe it with a tiny op).
+    fn grad_enabled(&self) -> bool {
+        self.d.requires_grad() && (&self.d * 1.0).requires_grad()
+    }
+
+    /// Kernels of every bank, `[banks, channels, seq]` (cached in evaluation mode under no_grad).
     pub fn kernel(&self, seq: i64, train: bool) -> Tensor {
         let mut cache = self.cache.lock().expect("kernel cache poisoned");
         if train {
             *cache = None;
+        }
+        if train || self.grad_enabled() {
             return self.kernel.kernel(seq).view([self.banks, self.channels, seq]);
         }
         if let Some((len, k)) = cache.as_ref() {
@@ -80,7 +89,7 @@ impl SsmConv {
                 return k.shallow_clone();
             }
         }
-        let k = tch::no_grad(|| self.kernel.kernel(seq).view([self.banks, self.channels, seq]));
+        let k = self.kernel.kernel(seq).view([self.banks, self.channels, seq]);
         *cache = Some((seq, k.shallow_clone()));
         k
     }
@@ -132,7 +141,7 @@ impl SsmConv {
 mod tests {
     use super::*;
     use crate::direct_causal_conv;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     const KINDS: [SsmKind; 3] = [SsmKind::S4d, SsmKind::S4, SsmKind::Unstructured];
 
@@ -213,19 +222,22 @@ mod tests {
     }
 
     #[test]
-    fn eval_kernel_is_cached_until_a_training_forward() {
+    fn eval_kernel_is_cached_under_no_grad_until_a_training_forward() {
         let (vs, conv) = layer(SsmKind::S4d, 1);
-        let k1 = conv.kernel(16, false);
-        let k2 = conv.kernel(16, false);
+        let eval = |seq| tch::no_grad(|| conv.kernel(seq, false));
+        let k1 = eval(16);
+        let k2 = eval(16);
         assert_eq!(k1.data_ptr(), k2.data_ptr(), "second eval call must reuse the cached kernel");
+        let with_grad = conv.kernel(16, false);
+        assert!(with_grad.requires_grad() && with_grad.data_ptr() != k1.data_ptr(), "with autograd on, no cache");
         tch::no_grad(|| {
             for (_, v) in vs.variables() {
                 let _ = v.shallow_clone().g_add_scalar_(0.01);
             }
         });
         let _ = conv.kernel(16, true); // a training forward clears the cache
-        let k3 = conv.kernel(16, false);
+        let k3 = eval(16);
         assert!(!k1.allclose(&k3, 1e-7, 1e-7, false), "after training the kernel must be recomputed");
-        assert!(conv.kernel(24, false).size() == vec![1, 3, 24], "a new length is recomputed");
+        assert!(eval(24).size() == vec![1, 3, 24], "a new length is recomputed");
     }
 }
