@@ -1,42 +1,97 @@
-//! Forward and forward+backward of one SLIDE layer and one BST:SH:S4D layer at the CPU profile's
-//! width, against sequence length. `cargo bench -p bst-attn` (add `-- --quick` for a short run).
+//! One layer's forward, and forward+backward, for BST:SH, BST:MH, BST:MF, SLIDE and BRECT against
+//! sequence length, as in the paper's layer-speed figure (there: d = 512, 16 heads, W = 128, GPU).
+//! CPU unless CUDA is available. `cargo bench -p bst-attn --bench layers` (filter with e.g.
+//! `-- forward/` or `-- W512`).
 
-use bst_attn::{AttnConfig, BlockScope, BlockSelfAttention, BstAttention, ContextVariant, HeadDims};
+use std::time::{Duration, Instant};
+
+use bst_attn::{AttnConfig, BlockScope, BlockSelfAttention, BrectCell, BstAttention, BstSpec, ContextVariant, HeadDims};
 use bst_ssm::{SsmConfig, SsmKind};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
-const D_MODEL: usize = 128;
-const HEADS: usize = 4;
-const WINDOW: usize = 64;
-const LENGTHS: [i64; 3] = [256, 1024, 4096];
+const D_MODEL: usize = 256;
+const HEADS: usize = 8;
+/// MF context states and BRECT recurrent states.
+const STATES: usize = 64;
+/// (sequence length, window): the paper's W = 512 up to 64k, and the CPU profile's W = 64.
+const SHAPES: [(i64, usize); 6] = [(1024, 64), (4096, 64), (1024, 512), (4096, 512), (16384, 512), (65536, 512)];
+/// forward+backward is timed up to this length (CPU memory and time).
+const BACKWARD_MAX: i64 = 16384;
 
-fn layers(c: &mut Criterion) {
+fn device() -> Device {
+    Device::cuda_if_available()
+}
+
+fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
+    let sync = || {
+        if let Device::Cuda(i) = device() {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    sync();
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    sync();
+    start.elapsed()
+}
+
+/// A layer behind one call signature: BRECT starts from its initial state on every call.
+enum Layer {
+    Module(Box<dyn ModuleT>),
+    Brect(BrectCell),
+}
+
+impl Layer {
+    fn run(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Layer::Module(m) => m.forward_t(xs, train),
+            Layer::Brect(cell) => cell.forward_t(xs, &mut cell.initial_state(xs.size()[0]), train),
+        }
+    }
+}
+
+fn layers(vs: &nn::Path, window: usize, max_len: usize) -> Vec<(&'static str, Layer)> {
     let dims = HeadDims { d_model: D_MODEL, n_heads: HEADS, dropout: 0.0 };
-    let attn = AttnConfig { window: WINDOW, ..AttnConfig::default() };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let slide = BlockSelfAttention::new(&(vs.root() / "slide"), dims, &attn, BlockScope::OwnAndPrevious).unwrap();
-    let bst = BstAttention::new(&(vs.root() / "bst"), dims, &attn, ContextVariant::Sh, SsmKind::S4d, &SsmConfig::default(), *LENGTHS.last().unwrap() as usize).unwrap();
-    let named: [(&str, &dyn ModuleT); 2] = [("SLIDE", &slide), ("BST:SH:S4D", &bst)];
-    let mut group = c.benchmark_group(format!("layer_d{D_MODEL}_w{WINDOW}"));
-    group.sample_size(10);
-    for seq in LENGTHS {
-        let xs = Tensor::randn([1, seq, D_MODEL as i64], (Kind::Float, Device::Cpu));
+    let attn = AttnConfig { window, ..AttnConfig::default() };
+    let ssm = SsmConfig::default();
+    let bst = |name: &str, variant| {
+        let spec = BstSpec { variant, ssm_kind: SsmKind::S4d, context_states: STATES, max_len };
+        Layer::Module(Box::new(BstAttention::new(&(vs / name), dims, &attn, &ssm, spec).unwrap()))
+    };
+    vec![
+        ("SLIDE", Layer::Module(Box::new(BlockSelfAttention::new(&(vs / "slide"), dims, &attn, BlockScope::OwnAndPrevious).unwrap()))),
+        ("BST:SH:S4D", bst("sh", ContextVariant::Sh)),
+        ("BST:MH:S4D", bst("mh", ContextVariant::Mh)),
+        ("BST:MF:S4D", bst("mf", ContextVariant::Mf)),
+        ("BRECT:FIXED:SKIP", Layer::Brect(BrectCell::new(&(vs / "brect"), dims, &attn, STATES).unwrap())),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group(format!("layer_d{D_MODEL}_h{HEADS}"));
+    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    for (seq, window) in SHAPES {
+        let vs = nn::VarStore::new(device());
+        let xs = Tensor::randn([1, seq, D_MODEL as i64], (Kind::Float, device()));
         group.throughput(Throughput::Elements(seq as u64));
-        for (name, layer) in named {
-            group.bench_with_input(BenchmarkId::new(format!("{name}/forward"), seq), &seq, |b, _| {
-                b.iter(|| tch::no_grad(|| layer.forward_t(&xs, false)))
-            });
-            group.bench_with_input(BenchmarkId::new(format!("{name}/forward+backward"), seq), &seq, |b, _| {
-                b.iter(|| {
-                    let xs = xs.copy().set_requires_grad(true);
-                    layer.forward_t(&xs, true).sum(Kind::Float).backward();
-                })
-            });
+        for (name, layer) in layers(&vs.root(), window, seq as usize) {
+            let id = |mode: &str| BenchmarkId::new(format!("{mode}/W{window}/{name}"), seq);
+            group.bench_function(id("forward"), |b| b.iter_custom(|n| timed(n, || drop(tch::no_grad(|| layer.run(&xs, false))))));
+            if seq <= BACKWARD_MAX {
+                group.bench_function(id("forward+backward"), |b| {
+                    b.iter_custom(|n| timed(n, || {
+                        let xs = xs.copy().set_requires_grad(true);
+                        layer.run(&xs, true).sum(Kind::Float).backward();
+                    }))
+                });
+            }
         }
     }
     group.finish();
 }
 
-criterion_group!(benches, layers);
+criterion_group!(benches, bench);
 criterion_main!(benches);

@@ -21,14 +21,14 @@ pub enum BlockScope {
 }
 
 /// `[batch, seq, heads, head_dim]` -> `[batch * blocks, heads, window, head_dim]`
-fn to_blocks(xs: &Tensor, window: i64) -> Tensor {
+pub(crate) fn to_blocks(xs: &Tensor, window: i64) -> Tensor {
     let (b, seq, h, d) = xs.size4().expect("expected [batch, seq, heads, head_dim]");
     let nb = seq / window;
     xs.view([b, nb, window, h, d]).permute([0, 1, 3, 2, 4]).reshape([b * nb, h, window, d])
 }
 
 /// `[batch * blocks, heads, window, head_dim]` -> `[batch, seq, heads, head_dim]`
-fn from_blocks(xs: &Tensor, batch: i64) -> Tensor {
+pub(crate) fn from_blocks(xs: &Tensor, batch: i64) -> Tensor {
     let (bnb, h, w, d) = xs.size4().expect("expected [batch*blocks, heads, window, head_dim]");
     let nb = bnb / batch;
     xs.view([batch, nb, h, w, d]).permute([0, 1, 3, 2, 4]).reshape([batch, nb * w, h, d])

@@ -7,14 +7,18 @@
 //! `[batch, seq, d_model]`; heads are `[batch, seq, n_heads, head_dim]` before blocking.
 
 pub mod block_attention; // block-causal self-attention over W-token blocks, own block or +previous (SLIDE)
-pub mod block_state; // the BST layer: SLIDE self-attention + cross-attention to SSM context states (SH)
+pub mod block_state; // the BST layer: SLIDE self-attention + cross-attention to SSM context states (SH, MH, MF)
+pub mod brect; // BRECT:FIXED:SKIP, the Block-Recurrent Transformer cell, blocks in sequence
 pub mod config; // AttnConfig (the [attn] table) and HeadDims (widths from the model config)
 pub mod error; // AttnError: invalid layer configurations
 pub mod mask; // the attention patterns as explicit [seq, seq] masks: the reference definition
 pub mod rope; // rotary position embedding, applied at absolute token positions
+pub mod xl; // Transformer-XL attention with a stop-gradient memory of the previous segment
 
 pub use block_attention::{block_attention, BlockAttentionHeads, BlockScope, BlockSelfAttention};
-pub use block_state::{BstAttention, ContextVariant};
+pub use block_state::{BstAttention, BstSpec, ContextVariant};
+pub use brect::{BrectCell, BrectState};
+pub use xl::XlAttention;
 pub use config::{AttnConfig, HeadDims};
 pub use error::AttnError;
 pub use rope::Rope;

@@ -19,10 +19,16 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture this build can train, by name.
-    pub const ALL: [Architecture; 4] = [
+    pub const ALL: [Architecture; 10] = [
         Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4d },
+        Architecture::Bst { context: ContextVariant::Mh, ssm: SsmKind::S4d },
+        Architecture::Bst { context: ContextVariant::Mf, ssm: SsmKind::S4d },
         Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4 },
+        Architecture::Bst { context: ContextVariant::Mh, ssm: SsmKind::S4 },
+        Architecture::Bst { context: ContextVariant::Mf, ssm: SsmKind::S4 },
         Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::Unstructured },
+        Architecture::Bst { context: ContextVariant::Mh, ssm: SsmKind::Unstructured },
+        Architecture::Bst { context: ContextVariant::Mf, ssm: SsmKind::Unstructured },
         Architecture::Slide,
     ];
 
@@ -90,6 +96,8 @@ pub struct ModelConfig {
     pub dropout: f64,
     /// Indices of the layers that are BST layers (BST only; meliad's `recurrent_layer_indices`).
     pub ssm_layers: Vec<usize>,
+    /// Context states S of BST:MF (the number of SSM filters); SH and MH use S = W.
+    pub context_states: usize,
 }
 
 impl Default for ModelConfig {
@@ -102,6 +110,7 @@ impl Default for ModelConfig {
             mlp_ratio: 4,
             dropout: 0.05,
             ssm_layers: Vec::new(),
+            context_states: 64,
         }
     }
 }
@@ -117,6 +126,6 @@ mod tests {
         }
         assert_eq!("bst:sh:s4d".parse::<Architecture>().unwrap().to_string(), "BST:SH:S4D");
         let err = "BST:XX".parse::<Architecture>().unwrap_err();
-        assert!(err.contains("BST:SH:S4D, BST:SH:S4, BST:SH:UNSTRUCT, SLIDE"), "{err}");
+        assert!(err.contains("BST:SH:S4D, BST:MH:S4D, BST:MF:S4D, BST:SH:S4,") && err.contains("BST:MF:UNSTRUCT, SLIDE"), "{err}");
     }
 }

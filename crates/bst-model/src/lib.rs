@@ -5,7 +5,7 @@
 //! MLP), a final norm and an output head. Attention sublayers are SLIDE, except at the indices in
 //! `model.ssm_layers`, which are BST layers. Logits are `[batch, seq, vocab]`.
 
-pub mod config; // Architecture (paper names: BST:SH:S4D, SLIDE) and ModelConfig (the [model] table)
+pub mod config; // Architecture (paper names: BST:{SH,MH,MF}:{S4D,S4,UNSTRUCT}, SLIDE) and ModelConfig ([model])
 pub mod device; // DeviceChoice: auto | cpu | cuda[:N]
 pub mod error; // ModelError: invalid configurations, named by key
 pub mod eval; // loss, perplexity and bits per byte over a split

@@ -36,8 +36,11 @@ impl RunConfig {
             return Err(ModelError::invalid("model.mlp_ratio", m.mlp_ratio, "must be >= 1"));
         }
         match m.arch {
-            Architecture::Bst { .. } => {
+            Architecture::Bst { context, .. } => {
                 self.ssm.validate(m.d_model)?;
+                if context == bst_attn::ContextVariant::Mf && m.context_states == 0 {
+                    return Err(ModelError::invalid("model.context_states", m.context_states, format!("{} needs at least one context state", m.arch)));
+                }
                 if m.ssm_layers.is_empty() {
                     return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("{} needs at least one BST layer index", m.arch)));
                 }

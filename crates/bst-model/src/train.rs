@@ -186,7 +186,7 @@ mod tests {
 
     fn run(arch: &str, seed: u64) -> Vec<f64> {
         let mut cfg = crate::RunConfig::default();
-        cfg.model = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, ..Default::default() };
+        cfg.model = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, context_states: 4, ..Default::default() };
         if arch != "SLIDE" {
             cfg.model.ssm_layers = vec![1];
         }
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn loss_decreases_for_every_architecture() {
-        for arch in ["SLIDE", "BST:SH:S4D", "BST:SH:S4", "BST:SH:UNSTRUCT"] {
+        for arch in ["SLIDE", "BST:SH:S4D", "BST:SH:S4", "BST:SH:UNSTRUCT", "BST:MH:S4D", "BST:MF:S4D"] {
             let losses = run(arch, 0);
             let (first, last) = (losses[..3].iter().sum::<f64>() / 3.0, losses[27..].iter().sum::<f64>() / 3.0);
             assert!(last < first * 0.7, "{arch}: loss {first:.3} -> {last:.3} did not drop");

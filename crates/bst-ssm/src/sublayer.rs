@@ -39,6 +39,18 @@ impl SsmSublayer {
         self.up.forward(&y.permute([0, 3, 1, 2])) // [b, seq, banks, d_out]
     }
 
+    /// The sublayer's outputs at the given positions only (BST:MF reads each filter at block
+    /// ends): the convolution runs over the whole sequence, the nonlinearity and the up-projection
+    /// only where needed.
+    ///
+    /// # Shapes
+    /// - `xs`: `[batch, seq, d_in]`, `positions`: `[p]` int64 -> `[batch, p, banks, d_out]`
+    pub fn forward_at(&self, xs: &Tensor, positions: &Tensor, train: bool) -> Tensor {
+        let u = self.down.forward(xs).transpose(1, 2); // [b, channels, seq]
+        let y = self.conv.forward_t(&u, train).index_select(3, positions).gelu("none"); // [b, banks, channels, p]
+        self.up.forward(&y.permute([0, 3, 1, 2]))
+    }
+
     /// Recurrent mode, one token.
     ///
     /// # Shapes
@@ -68,6 +80,10 @@ mod tests {
         let ys2 = layer.forward_t(&xs2, false);
         let before = (ys.narrow(1, 0, 13) - ys2.narrow(1, 0, 13)).abs().max().double_value(&[]);
         assert!(before < 1e-5, "outputs before the perturbed token changed by {before}");
+
+        let at = Tensor::from_slice(&[0i64, 7, 20]);
+        let picked = layer.forward_at(&xs, &at, false);
+        assert!((picked - ys.index_select(1, &at)).abs().max().double_value(&[]) < 1e-6);
 
         let rec = layer.conv().recurrence().unwrap();
         let mut state = layer.conv().zero_state(&rec, 1);
