@@ -103,6 +103,8 @@ fn interrupted_sweep_keeps_finished_runs_and_resumes() {
     opts.stop.store(false, Ordering::SeqCst);
     let resumed = run_sweep(&opts).unwrap();
     assert_eq!((resumed.trained, resumed.reused), (2, 2));
+    let continued: Vec<_> = resumed.records.iter().filter_map(|r| r.resumed_from_step).collect();
+    assert_eq!(continued, vec![1], "the interrupted run continues from its checkpoint after step 1");
     assert_eq!(csv_rows(&csv).1.len(), 4);
 }
 

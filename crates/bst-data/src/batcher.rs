@@ -1,18 +1,21 @@
 //! Batches of contiguous token sequences.
 //!
 //! Training takes windows of `seq + 1` tokens at random offsets from a seeded ChaCha8 stream
-//! (reproducible across platforms and crate versions); inputs are the first `seq` tokens and
-//! targets the last `seq`. Evaluation walks a split in consecutive, non-overlapping windows so
-//! that every token after the first is predicted exactly once.
+//! (reproducible across platforms and crate versions, and serialisable into a checkpoint);
+//! inputs are the first `seq` tokens and targets the last `seq`. Evaluation cuts a split into
+//! `rows` contiguous stretches and walks them in step, window after window, so that every
+//! predicted token is predicted once and row r of one batch continues row r of the previous
+//! batch (models that carry state across windows need that).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::{DataError, TokenStream};
 
 /// Seeded sampler of training batches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Batcher {
     rng: ChaCha8Rng,
     batch_size: usize,
@@ -38,47 +41,52 @@ impl Batcher {
     }
 }
 
-/// Consecutive evaluation windows over a stream, in batches.
+/// Evaluation windows: `rows` contiguous stretches of the split, walked in step.
 #[derive(Debug)]
 pub struct EvalWindows<'a> {
     stream: &'a TokenStream,
     seq: i64,
-    batch_size: i64,
+    rows: i64,
+    row_len: i64,
     next_window: i64,
     windows: i64,
 }
 
 impl<'a> EvalWindows<'a> {
-    /// At most `max_tokens` predicted tokens (rounded down to whole windows; 0 = the whole split).
-    pub fn new(stream: &'a TokenStream, seq: usize, batch_size: usize, max_tokens: usize) -> Result<Self, DataError> {
-        let available = (stream.len().saturating_sub(1) / seq) as i64;
-        let cap = if max_tokens == 0 { available } else { (max_tokens / seq) as i64 };
-        let windows = available.min(cap);
+    /// Up to `rows` rows; at most `max_tokens` predicted tokens in all (0 = the whole split),
+    /// rounded down to whole windows.
+    pub fn new(stream: &'a TokenStream, seq: usize, rows: usize, max_tokens: usize) -> Result<Self, DataError> {
+        let (seq, n) = (seq as i64, stream.len() as i64 - 1);
+        let too_short = || DataError::TooShort { split: "evaluation".into(), tokens: stream.len(), needed: seq as usize + 1 };
+        let cap = if max_tokens == 0 { n } else { (max_tokens as i64).min(n) };
+        let rows = (rows as i64).min(cap / seq).max(1);
+        let row_len = n / rows;
+        let windows = (row_len / seq).min(cap / (rows * seq));
         if windows == 0 {
-            return Err(DataError::TooShort { split: "evaluation".into(), tokens: stream.len(), needed: seq + 1 });
+            return Err(too_short());
         }
-        Ok(Self { stream, seq: seq as i64, batch_size: batch_size as i64, next_window: 0, windows })
+        Ok(Self { stream, seq, rows, row_len, next_window: 0, windows })
     }
 
     /// Number of tokens that will be predicted.
     pub fn predicted_tokens(&self) -> usize {
-        (self.windows * self.seq) as usize
+        (self.rows * self.windows * self.seq) as usize
     }
 }
 
 impl Iterator for EvalWindows<'_> {
-    /// `(inputs, targets)`, both `[n, seq]`.
+    /// `(inputs, targets)`, both `[rows, seq]`; row r continues row r of the previous item.
     type Item = (Tensor, Tensor);
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next_window >= self.windows {
             return None;
         }
-        let n = self.batch_size.min(self.windows - self.next_window);
-        let starts = (Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)) + self.next_window) * self.seq;
-        let index = starts.unsqueeze(1) + Tensor::arange(self.seq + 1, (Kind::Int64, tch::Device::Cpu));
+        let cpu = (Kind::Int64, tch::Device::Cpu);
+        let starts = Tensor::arange(self.rows, cpu) * self.row_len + self.next_window * self.seq;
+        let index = starts.unsqueeze(1) + Tensor::arange(self.seq + 1, cpu);
         let windows = self.stream.tokens.take(&index);
-        self.next_window += n;
+        self.next_window += 1;
         Some((windows.narrow(1, 0, self.seq), windows.narrow(1, 1, self.seq)))
     }
 }
@@ -106,13 +114,29 @@ mod tests {
     }
 
     #[test]
-    fn eval_windows_predict_each_token_once() {
-        let s = stream(103);
+    fn eval_windows_predict_each_token_once_and_rows_continue() {
+        let s = stream(103); // 102 predictable tokens: 3 rows of 34, 3 windows of 10 each
         let windows = EvalWindows::new(&s, 10, 3, 0).unwrap();
-        assert_eq!(windows.predicted_tokens(), 100);
-        let targets: Vec<i64> = windows.flat_map(|(_, y)| Vec::<i64>::try_from(y.flatten(0, 1)).unwrap()).collect();
-        assert_eq!(targets, (1..=100).collect::<Vec<i64>>());
+        assert_eq!(windows.predicted_tokens(), 90);
+        let batches: Vec<(Tensor, Tensor)> = windows.collect();
+        assert_eq!(batches.len(), 3);
+        let mut targets: Vec<i64> = batches.iter().flat_map(|(_, y)| Vec::<i64>::try_from(y.flatten(0, 1)).unwrap()).collect();
+        targets.sort();
+        targets.dedup();
+        assert_eq!(targets.len(), 90, "no token predicted twice");
+        // row 1 of batch 1 continues row 1 of batch 0
+        let last: i64 = batches[0].0.get(1).get(9).int64_value(&[]);
+        assert_eq!(batches[1].0.get(1).get(0).int64_value(&[]), last + 1);
         assert_eq!(EvalWindows::new(&s, 10, 3, 35).unwrap().predicted_tokens(), 30);
         assert!(EvalWindows::new(&stream(5), 10, 3, 0).is_err());
+    }
+
+    #[test]
+    fn batcher_state_round_trips_through_json() {
+        let s = stream(1000);
+        let mut a = Batcher::new(3, 2, 8);
+        let _ = a.next_batch(&s).unwrap();
+        let mut b: Batcher = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert!(a.next_batch(&s).unwrap().0.equal(&b.next_batch(&s).unwrap().0), "a restored sampler continues the same stream");
     }
 }

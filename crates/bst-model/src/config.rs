@@ -15,11 +15,22 @@ pub enum Architecture {
     Bst { context: ContextVariant, ssm: SsmKind },
     /// Sliding-window Block Transformer: every layer attends to its block and the previous one.
     Slide,
+    /// Block-Recurrent Transformer: SLIDE layers plus one BRECT:FIXED:SKIP recurrent layer at
+    /// `model.recurrent_layer`, blocks processed in sequence.
+    Brect,
+    /// Transformer-XL: segments of `attn.window` tokens, each attending to itself and to a
+    /// stop-gradient memory of `model.memory_len` previous positions.
+    TransformerXl,
+    /// GSS-HYBRID (Mehta et al.): Gated State Space layers at `model.ssm_layers`, SLIDE block
+    /// attention in the others.
+    GssHybrid,
+    /// Plain decoder Transformer: full causal attention over the whole input.
+    Transformer,
 }
 
 impl Architecture {
     /// Every architecture this build can train, by name.
-    pub const ALL: [Architecture; 10] = [
+    pub const ALL: [Architecture; 14] = [
         Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4d },
         Architecture::Bst { context: ContextVariant::Mh, ssm: SsmKind::S4d },
         Architecture::Bst { context: ContextVariant::Mf, ssm: SsmKind::S4d },
@@ -30,7 +41,17 @@ impl Architecture {
         Architecture::Bst { context: ContextVariant::Mh, ssm: SsmKind::Unstructured },
         Architecture::Bst { context: ContextVariant::Mf, ssm: SsmKind::Unstructured },
         Architecture::Slide,
+        Architecture::Brect,
+        Architecture::TransformerXl,
+        Architecture::GssHybrid,
+        Architecture::Transformer,
     ];
+
+    /// Whether layers carry state from one window to the next (evaluation walks the text in
+    /// order and carries it).
+    pub fn is_stateful(&self) -> bool {
+        matches!(self, Architecture::Brect | Architecture::TransformerXl)
+    }
 
     fn allowed() -> String {
         Self::ALL.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
@@ -49,6 +70,10 @@ impl fmt::Display for Architecture {
                 write!(f, "BST:{context}:{ssm}")
             }
             Architecture::Slide => f.write_str("SLIDE"),
+            Architecture::Brect => f.write_str("BRECT:FIXED:SKIP"),
+            Architecture::TransformerXl => f.write_str("TRSF-XL"),
+            Architecture::GssHybrid => f.write_str("GSS-HYBRID"),
+            Architecture::Transformer => f.write_str("TRANSFORMER"),
         }
     }
 }
@@ -94,10 +119,24 @@ pub struct ModelConfig {
     pub mlp_ratio: usize,
     /// Dropout on embeddings, attention and residual branches during training.
     pub dropout: f64,
-    /// Indices of the layers that are BST layers (BST only; meliad's `recurrent_layer_indices`).
+    /// Indices of the SSM layers: BST layers for BST, GSS layers for GSS-HYBRID; empty otherwise.
     pub ssm_layers: Vec<usize>,
-    /// Context states S of BST:MF (the number of SSM filters); SH and MH use S = W.
+    /// Context states S: the SSM filters of BST:MF, the recurrent states of BRECT (paper: 512);
+    /// SH and MH use S = W.
     pub context_states: usize,
+    /// Index of BRECT's recurrent layer; negative counts from the end (meliad: -3).
+    pub recurrent_layer: i64,
+    /// Transformer-XL memory length M (paper: 2048).
+    pub memory_len: usize,
+}
+
+impl ModelConfig {
+    /// `recurrent_layer` as a layer index, if it names one.
+    pub fn recurrent_index(&self) -> Option<usize> {
+        let n = self.n_layers as i64;
+        let i = if self.recurrent_layer < 0 { n + self.recurrent_layer } else { self.recurrent_layer };
+        (0..n).contains(&i).then_some(i as usize)
+    }
 }
 
 impl Default for ModelConfig {
@@ -111,6 +150,8 @@ impl Default for ModelConfig {
             dropout: 0.05,
             ssm_layers: Vec::new(),
             context_states: 64,
+            recurrent_layer: -3,
+            memory_len: 2048,
         }
     }
 }
@@ -126,6 +167,6 @@ mod tests {
         }
         assert_eq!("bst:sh:s4d".parse::<Architecture>().unwrap().to_string(), "BST:SH:S4D");
         let err = "BST:XX".parse::<Architecture>().unwrap_err();
-        assert!(err.contains("BST:SH:S4D, BST:MH:S4D, BST:MF:S4D, BST:SH:S4,") && err.contains("BST:MF:UNSTRUCT, SLIDE"), "{err}");
+        assert!(err.contains("BST:SH:S4D, BST:MH:S4D, BST:MF:S4D, BST:SH:S4,") && err.contains("SLIDE, BRECT:FIXED:SKIP, TRSF-XL, GSS-HYBRID, TRANSFORMER"), "{err}");
     }
 }

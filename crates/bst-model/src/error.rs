@@ -16,6 +16,8 @@ pub enum ModelError {
     Interrupted { step: usize },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: std::path::PathBuf, reason: String },
 }
 
 impl ModelError {

@@ -1,10 +1,15 @@
 //! Evaluation: loss, perplexity and bits per token / per byte over non-overlapping windows.
+//!
+//! The split is read as `rows` contiguous stretches walked in step; models that carry state
+//! (BRECT, Transformer-XL) carry it from each window to the next, as in the original
+//! evaluations; for the others the state is empty and nothing changes. The evaluation length may
+//! differ from the training length (length generalisation).
 
 use bst_data::{EvalWindows, TokenStream};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::{LanguageModel, ModelError};
+use crate::{LanguageModel, LmState, ModelError};
 
 /// Scores of a model on (part of) one split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,21 +34,23 @@ impl EvalMetrics {
     }
 }
 
-/// Evaluates `model` on consecutive windows of `seq` tokens (at most `max_tokens`, 0 = all).
+/// Evaluates `model` on windows of `seq` tokens, `rows` at a time (at most `max_tokens`, 0 = all).
 pub fn evaluate(
     model: &LanguageModel,
     stream: &TokenStream,
     seq: usize,
-    batch_size: usize,
+    rows: usize,
     max_tokens: usize,
     device: Device,
 ) -> Result<EvalMetrics, ModelError> {
-    let windows = EvalWindows::new(stream, seq, batch_size, max_tokens)?;
+    let windows = EvalWindows::new(stream, seq, rows, max_tokens)?;
     let tokens = windows.predicted_tokens();
+    let mut state = LmState::default();
     let nll = tch::no_grad(|| {
         windows
             .map(|(inputs, targets)| {
-                let logits = model.logits(&inputs.to_device(device), false).flatten(0, 1).to_kind(Kind::Float);
+                let logits = model.logits_with_state(&inputs.to_device(device), &mut state, false).flatten(0, 1).to_kind(Kind::Float);
+                state.detach();
                 let nll: Tensor = logits.cross_entropy_loss::<Tensor>(&targets.to_device(device).flatten(0, 1), None, Reduction::Sum, -100, 0.0);
                 nll.double_value(&[])
             })

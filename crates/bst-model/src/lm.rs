@@ -1,17 +1,50 @@
 //! The decoder language model: embedding -> layers -> norm -> head, every layer pre-norm:
-//! `x = x + mixer(norm1(x)); x = x + mlp(norm2(x))` (nanoGPT's Block).
+//! `x = x + mixer(norm1(x)); x = x + mlp(norm2(x))` (nanoGPT's Block; GSS blocks have no MLP).
+//!
+//! The mixer of a layer is chosen by the architecture: SLIDE block attention, a BST layer, the
+//! BRECT recurrent cell, Transformer-XL attention, full causal attention, or a GSS layer. BRECT
+//! and Transformer-XL carry state across windows: [`LmState`] holds it, explicitly.
 
-use bst_attn::{AttnConfig, BlockScope, BlockSelfAttention, BstAttention, BstSpec, HeadDims};
-use bst_ssm::SsmConfig;
-use tch::{nn, nn::Module, nn::ModuleT, Tensor};
+use bst_attn::{AttnConfig, BlockScope, BlockSelfAttention, BrectCell, BrectState, BstAttention, BstSpec, HeadDims, XlAttention};
+use bst_ssm::{GssLayer, SsmConfig, SsmKind};
+use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
 use crate::{Architecture, ModelConfig, ModelError};
 
-/// The attention-side sublayer of one residual layer.
+/// The sequence-mixing sublayer of one residual layer.
 #[derive(Debug)]
 enum Mixer {
     Slide(BlockSelfAttention),
     Bst(Box<BstAttention>),
+    Brect(Box<BrectCell>),
+    /// Transformer-XL: segments of `segment` tokens with a memory (TRANSFORMER: one segment, no memory).
+    Xl { attn: XlAttention, segment: Option<i64> },
+    Gss(GssLayer),
+}
+
+/// What one layer carries from one window to the next.
+#[derive(Debug)]
+enum LayerState {
+    Brect(BrectState),
+    Xl(Tensor),
+}
+
+/// The state of every stateful layer; empty (fresh) at the start of a text.
+#[derive(Debug, Default)]
+pub struct LmState {
+    layers: Vec<Option<LayerState>>,
+}
+
+impl LmState {
+    /// A copy without gradient history, to carry into the next window.
+    pub fn detach(&mut self) {
+        for s in self.layers.iter_mut().flatten() {
+            match s {
+                LayerState::Brect(b) => *b = b.detached(),
+                LayerState::Xl(m) => *m = m.detach(),
+            }
+        }
+    }
 }
 
 /// Position-wise feed-forward network: Linear -> GELU -> Linear.
@@ -42,23 +75,54 @@ impl ModuleT for Mlp {
 struct Layer {
     norm1: nn::LayerNorm,
     mixer: Mixer,
-    norm2: nn::LayerNorm,
-    mlp: Mlp,
+    /// None for GSS blocks, whose gated branch replaces the MLP.
+    mlp: Option<(nn::LayerNorm, Mlp)>,
 }
 
-impl ModuleT for Layer {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl Layer {
+    fn forward(&self, xs: &Tensor, state: &mut Option<LayerState>, train: bool) -> Tensor {
         let h = self.norm1.forward(xs);
         let h = match &self.mixer {
             Mixer::Slide(attn) => attn.forward_t(&h, train),
             Mixer::Bst(bst) => bst.forward_t(&h, train),
+            Mixer::Gss(gss) => gss.forward_t(&h, train),
+            Mixer::Brect(cell) => {
+                let mut carry = match state.take() {
+                    Some(LayerState::Brect(b)) => b,
+                    _ => cell.initial_state(h.size()[0]),
+                };
+                let y = cell.forward_t(&h, &mut carry, train);
+                *state = Some(LayerState::Brect(carry));
+                y
+            }
+            Mixer::Xl { attn, segment } => {
+                let mut memory = match state.take() {
+                    Some(LayerState::Xl(m)) => Some(m),
+                    _ => None,
+                };
+                let seq = h.size()[1];
+                let len = segment.unwrap_or(seq).min(seq);
+                let mut outputs = Vec::new();
+                for start in (0..seq).step_by(len as usize) {
+                    let (y, m) = attn.forward_t(&h.narrow(1, start, len.min(seq - start)), memory.as_ref(), train);
+                    outputs.push(y);
+                    memory = Some(m);
+                }
+                if segment.is_some() {
+                    *state = memory.map(LayerState::Xl);
+                }
+                Tensor::cat(&outputs, 1)
+            }
         };
         let xs = xs + h;
-        &xs + self.mlp.forward_t(&self.norm2.forward(&xs), train)
+        match &self.mlp {
+            Some((norm2, mlp)) => &xs + mlp.forward_t(&norm2.forward(&xs), train),
+            None => xs,
+        }
     }
 }
 
-/// A decoder LM whose layers are SLIDE or BST layers.
+/// A decoder LM over the layers of one architecture.
 #[derive(Debug)]
 pub struct LanguageModel {
     embed: nn::Embedding,
@@ -66,6 +130,10 @@ pub struct LanguageModel {
     norm: nn::LayerNorm,
     head: nn::Linear,
     dropout: f64,
+    /// Window length used by [`Self::score`] (the training length).
+    max_len: i64,
+    /// Inputs must be a whole number of these (the attention block W; 1 for TRANSFORMER).
+    block: i64,
 }
 
 impl LanguageModel {
@@ -84,19 +152,24 @@ impl LanguageModel {
         let layers = (0..model.n_layers)
             .map(|i| {
                 let p = vs / "layers" / i;
+                let mp = &p / "mixer";
+                let slide = || BlockSelfAttention::new(&mp, dims, attn, BlockScope::OwnAndPrevious).map(Mixer::Slide);
+                let is_ssm_layer = model.ssm_layers.contains(&i);
                 let mixer = match model.arch {
-                    Architecture::Bst { context, ssm: ssm_kind } if model.ssm_layers.contains(&i) => {
+                    Architecture::Bst { context, ssm: ssm_kind } if is_ssm_layer => {
                         let spec = BstSpec { variant: context, ssm_kind, context_states: model.context_states, max_len };
-                        Mixer::Bst(Box::new(BstAttention::new(&(&p / "mixer"), dims, attn, ssm, spec)?))
+                        Mixer::Bst(Box::new(BstAttention::new(&mp, dims, attn, ssm, spec)?))
                     }
-                    _ => Mixer::Slide(BlockSelfAttention::new(&(&p / "mixer"), dims, attn, BlockScope::OwnAndPrevious)?),
+                    Architecture::Brect if model.recurrent_index() == Some(i) => Mixer::Brect(Box::new(BrectCell::new(&mp, dims, attn, model.context_states)?)),
+                    Architecture::GssHybrid if is_ssm_layer => Mixer::Gss(GssLayer::new(&mp, model.d_model, SsmKind::S4d, ssm, max_len)?),
+                    Architecture::TransformerXl => Mixer::Xl { attn: XlAttention::new(&mp, dims, attn, model.memory_len)?, segment: Some(attn.window as i64) },
+                    Architecture::Transformer => Mixer::Xl { attn: XlAttention::new(&mp, dims, attn, 0)?, segment: None },
+                    _ => slide()?,
                 };
-                Ok(Layer {
-                    norm1: nn::layer_norm(&p / "norm1", vec![d], Default::default()),
-                    mixer,
-                    norm2: nn::layer_norm(&p / "norm2", vec![d], Default::default()),
-                    mlp: Mlp::new(&(&p / "mlp"), d, d * model.mlp_ratio as i64, model.dropout),
-                })
+                let mlp = (!matches!(mixer, Mixer::Gss(_))).then(|| {
+                    (nn::layer_norm(&p / "norm2", vec![d], Default::default()), Mlp::new(&(&p / "mlp"), d, d * model.mlp_ratio as i64, model.dropout))
+                });
+                Ok(Layer { norm1: nn::layer_norm(&p / "norm1", vec![d], Default::default()), mixer, mlp })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let embed_cfg = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
@@ -106,28 +179,65 @@ impl LanguageModel {
             norm: nn::layer_norm(vs / "norm", vec![d], Default::default()),
             head: nn::linear(vs / "head", d, vocab_size as i64, Default::default()),
             dropout: model.dropout,
+            max_len: max_len as i64,
+            block: if model.arch == Architecture::Transformer { 1 } else { attn.window as i64 },
         })
     }
 
-    /// Next-token logits.
+    /// Next-token logits from a fresh state.
     ///
     /// # Shapes
     /// - `tokens`: `[batch, seq]` int64 -> `[batch, seq, vocab]`
     pub fn logits(&self, tokens: &Tensor, train: bool) -> Tensor {
+        self.logits_with_state(tokens, &mut LmState::default(), train)
+    }
+
+    /// Next-token logits, starting from `state` and leaving the state after `tokens` in it.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]` int64 -> `[batch, seq, vocab]`
+    pub fn logits_with_state(&self, tokens: &Tensor, state: &mut LmState, train: bool) -> Tensor {
+        state.layers.resize_with(self.layers.len(), || None);
         let mut xs = self.embed.forward(tokens).dropout(self.dropout, train); // [b, seq, d]
-        for layer in &self.layers {
-            xs = layer.forward_t(&xs, train);
+        for (layer, s) in self.layers.iter().zip(state.layers.iter_mut()) {
+            xs = layer.forward(&xs, s, train);
         }
         self.head.forward(&self.norm.forward(&xs))
     }
 
-    /// Mean next-token cross-entropy in nats (f32).
+    /// Mean next-token cross-entropy in nats (f32), from a fresh state.
     ///
     /// # Shapes
     /// - `tokens`, `targets`: `[batch, seq]` -> scalar
     pub fn loss(&self, tokens: &Tensor, targets: &Tensor, train: bool) -> Tensor {
         let logits = self.logits(tokens, train);
         logits.flatten(0, 1).cross_entropy_for_logits(&targets.flatten(0, 1))
+    }
+
+    /// `log p(token_i | tokens_<i)` in nats for i = 1.. (the first token has no prediction),
+    /// reading the text in windows of the training length and carrying state between them. A
+    /// short last window is padded to whole blocks; being causal, the padding changes nothing
+    /// before it, and its outputs are dropped.
+    pub fn score(&self, tokens: &[i64], device: tch::Device) -> Vec<f64> {
+        let _guard = tch::no_grad_guard();
+        let mut state = LmState::default();
+        let mut out = Vec::with_capacity(tokens.len().saturating_sub(1));
+        let all = Tensor::from_slice(tokens).to_device(device);
+        let n = tokens.len() as i64 - 1;
+        let mut start = 0;
+        while start < n {
+            let len = self.max_len.min(n - start);
+            let padded = (len + self.block - 1) / self.block * self.block;
+            let inputs = all.narrow(0, start, len).constant_pad_nd([0, padded - len]).unsqueeze(0);
+            let targets = all.narrow(0, start + 1, len);
+            let logits = self.logits_with_state(&inputs, &mut state, false).squeeze_dim(0).narrow(0, 0, len);
+            let logp = logits.log_softmax(-1, Kind::Float);
+            let picked = logp.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
+            out.extend(Vec::<f64>::try_from(picked.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("f64 scores"));
+            state.detach();
+            start += len;
+        }
+        out
     }
 }
 
@@ -141,10 +251,25 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    fn model(arch: &str, ssm_layers: Vec<usize>) -> (nn::VarStore, LanguageModel) {
+    /// Every architecture, with SSM layers where it has them.
+    const ARCHS: [(&str, &[usize]); 11] = [
+        ("SLIDE", &[]),
+        ("BST:SH:S4D", &[1]),
+        ("BST:SH:S4D", &[0, 1]),
+        ("BST:SH:S4", &[0]),
+        ("BST:SH:UNSTRUCT", &[1]),
+        ("BST:MH:S4D", &[1]),
+        ("BST:MF:S4", &[0, 1]),
+        ("BRECT:FIXED:SKIP", &[]),
+        ("TRSF-XL", &[]),
+        ("GSS-HYBRID", &[0]),
+        ("TRANSFORMER", &[]),
+    ];
+
+    fn model(arch: &str, ssm_layers: &[usize]) -> (nn::VarStore, LanguageModel) {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, ssm_layers, context_states: 4, ..ModelConfig::default() };
+        let cfg = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, ssm_layers: ssm_layers.to_vec(), context_states: 4, recurrent_layer: -1, memory_len: 32, ..ModelConfig::default() };
         let attn = AttnConfig { window: 8, ..AttnConfig::default() };
         let lm = LanguageModel::new(&vs.root(), &cfg, &attn, &SsmConfig::default(), 256, 32).unwrap();
         (vs, lm)
@@ -156,8 +281,8 @@ mod tests {
     /// 1e-5 with logits of 5, against changes of 3-6 at t itself); a real leak is of order 1.
     #[test]
     fn every_architecture_is_causal_end_to_end() {
-        for (arch, layers) in [("SLIDE", vec![]), ("BST:SH:S4D", vec![1]), ("BST:SH:S4D", vec![0, 1]), ("BST:SH:S4", vec![0]), ("BST:SH:UNSTRUCT", vec![1]), ("BST:MH:S4D", vec![1]), ("BST:MF:S4", vec![0, 1])] {
-            let (_vs, lm) = model(arch, layers.clone());
+        for (arch, layers) in ARCHS.iter().cloned() {
+            let (_vs, lm) = model(arch, layers);
             let tokens = Tensor::randint(256, [2, 32], (Kind::Int64, Device::Cpu));
             let logits = lm.logits(&tokens, false);
             assert_eq!(logits.size(), vec![2, 32, 256]);
@@ -177,11 +302,45 @@ mod tests {
 
     #[test]
     fn bst_layers_sit_where_configured() {
-        let (vs_slide, _) = model("SLIDE", vec![]);
-        let (vs_bst, _) = model("BST:SH:S4D", vec![1]);
+        let (vs_slide, _) = model("SLIDE", &[]);
+        let (vs_bst, _) = model("BST:SH:S4D", &[1]);
         let names = vs_bst.variables();
         assert!(names.keys().any(|k| k.starts_with("layers.1.mixer.ssm.conv.s4d.")));
         assert!(!names.keys().any(|k| k.starts_with("layers.0.mixer.ssm")));
         assert!(parameter_count(&vs_bst) > parameter_count(&vs_slide));
+        let (vs_brect, _) = model("BRECT:FIXED:SKIP", &[]);
+        assert!(vs_brect.variables().keys().any(|k| k.starts_with("layers.1.mixer.state_ids")), "recurrent_layer = -1 is the last layer");
+    }
+
+    /// Scoring a text window by window with carried state equals scoring it in one pass for the
+    /// stateless models, and is causal for all.
+    #[test]
+    fn score_gives_one_log_probability_per_predicted_token() {
+        for (arch, layers) in ARCHS {
+            let (_vs, lm) = model(arch, layers);
+            let text: Vec<i64> = (0..70).map(|i| (i * 37 % 256) as i64).collect();
+            let scores = lm.score(&text, Device::Cpu);
+            assert_eq!(scores.len(), 69, "{arch}");
+            assert!(scores.iter().all(|s| s.is_finite() && *s <= 0.0), "{arch}: {scores:?}");
+            let mut changed = text.clone();
+            changed[50] = (changed[50] + 1) % 256;
+            let rescored = lm.score(&changed, Device::Cpu);
+            let before = scores[..49].iter().zip(&rescored[..49]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(before < 1e-4, "{arch}: token 50 changed the scores of earlier tokens by {before}");
+        }
+    }
+
+    /// Carried state is used: for BRECT and XL the second window's scores depend on the first.
+    #[test]
+    fn stateful_models_carry_information_across_windows() {
+        for arch in ["BRECT:FIXED:SKIP", "TRSF-XL"] {
+            let (_vs, lm) = model(arch, &[]);
+            let text: Vec<i64> = (0..64).map(|i| (i * 11 % 256) as i64).collect();
+            let mut changed = text.clone();
+            changed[5] = (changed[5] + 3) % 256; // in the first window of 32
+            let (a, b) = (lm.score(&text, Device::Cpu), lm.score(&changed, Device::Cpu));
+            let second_window = a[33..].iter().zip(&b[33..]).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(second_window > 1e-6, "{arch}: the first window should influence the second through the state");
+        }
     }
 }

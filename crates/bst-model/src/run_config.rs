@@ -44,19 +44,35 @@ impl RunConfig {
                 if m.ssm_layers.is_empty() {
                     return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("{} needs at least one BST layer index", m.arch)));
                 }
-                if let Some(&bad) = m.ssm_layers.iter().find(|&&i| i >= m.n_layers) {
-                    return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("index {bad} is not a layer (model.n_layers = {}, indices 0..={})", m.n_layers, m.n_layers - 1)));
+            }
+            Architecture::GssHybrid => {
+                self.ssm.validate(m.d_model)?;
+                if m.ssm_layers.is_empty() {
+                    return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, "GSS-HYBRID needs the indices of its GSS layers"));
                 }
             }
-            Architecture::Slide if !m.ssm_layers.is_empty() => {
-                return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, "SLIDE has no BST layers: leave it empty"));
+            _ if !m.ssm_layers.is_empty() => {
+                return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("{} has no SSM layers: leave it empty", m.arch)));
             }
-            Architecture::Slide => {}
+            Architecture::Brect if m.recurrent_index().is_none() => {
+                return Err(ModelError::invalid("model.recurrent_layer", m.recurrent_layer, format!("not a layer of model.n_layers = {}", m.n_layers)));
+            }
+            Architecture::Brect if m.context_states == 0 => {
+                return Err(ModelError::invalid("model.context_states", m.context_states, "BRECT needs at least one recurrent state"));
+            }
+            _ => {}
         }
-        if t.seq_len == 0 || t.seq_len % self.attn.window != 0 {
+        if let Some(bad) = m.ssm_layers.iter().find(|&&i| i >= m.n_layers) {
+            return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("index {bad} is not a layer (model.n_layers = {}, indices 0..={})", m.n_layers, m.n_layers - 1)));
+        }
+        let blocks = !matches!(m.arch, Architecture::Transformer);
+        if t.seq_len == 0 || (blocks && t.seq_len % self.attn.window != 0) {
             return Err(ModelError::invalid("train.seq_len", t.seq_len, format!("must be a positive multiple of attn.window = {}", self.attn.window)));
         }
-        for (key, v) in [("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size)] {
+        if t.eval_length_factors.first() != Some(&1) || t.eval_length_factors.contains(&0) {
+            return Err(ModelError::invalid("train.eval_length_factors", &t.eval_length_factors, "must start with 1 (the training length) and hold positive factors"));
+        }
+        for (key, v) in [("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size), ("train.grad_accum", t.grad_accum)] {
             if v == 0 {
                 return Err(ModelError::invalid(key, v, "must be >= 1"));
             }
@@ -113,7 +129,16 @@ mod tests {
         assert!(error_of(&c).contains("train.seq_len") && error_of(&c).contains("attn.window = 64"));
         let mut c = RunConfig::default();
         c.model.ssm_layers = vec![0];
-        assert!(error_of(&c).contains("SLIDE has no BST layers"));
+        assert!(error_of(&c).contains("SLIDE has no SSM layers"));
+        let mut c = RunConfig::default();
+        c.model.arch = "BRECT:FIXED:SKIP".parse().unwrap();
+        c.model.recurrent_layer = -13;
+        assert!(error_of(&c).contains("model.recurrent_layer"));
+        c.model.recurrent_layer = -3;
+        c.validate().unwrap();
+        let mut c = RunConfig::default();
+        c.train.eval_length_factors = vec![2, 4];
+        assert!(error_of(&c).contains("train.eval_length_factors"));
         let mut c = bst();
         c.ssm.state_size = 3;
         assert!(error_of(&c).contains("ssm.state_size"));

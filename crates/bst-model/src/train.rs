@@ -1,15 +1,20 @@
 //! The training loop shared by every architecture: seeded batches, AdamW with decoupled weight
-//! decay on matmul weights only, linear warmup + cosine decay, global gradient-norm clipping, and
-//! a stop with the step and the tensor named when anything becomes non-finite.
+//! decay on matmul weights only, linear warmup + cosine decay, global gradient-norm clipping,
+//! gradient accumulation, a stop with the step and the tensor named when anything becomes
+//! non-finite, and checkpoints from which a run continues exactly as if never interrupted
+//! (dropout is seeded from (seed, step), the batch sampler's RNG and AdamW's moments are saved).
 
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::time::Instant;
 
 use bst_data::{Batcher, TokenStream};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::OptimizerConfig, Device, Tensor};
+use tch::{nn, Device};
 
-use crate::{lr_at, LanguageModel, ModelError};
+use crate::checkpoint::{self, TrainState};
+use crate::optimizer::AdamW;
+use crate::{lr_at, LanguageModel, ModelError, RunConfig};
 
 /// The `[train]` table of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,8 +42,14 @@ pub struct TrainConfig {
     pub beta2: f64,
     /// Tokens evaluated per split, in whole sequences (0 = the whole split).
     pub eval_tokens: usize,
-    /// Sequences per evaluation batch.
+    /// Sequences per evaluation batch (contiguous rows walked in step).
     pub eval_batch_size: usize,
+    /// Evaluation lengths as multiples of seq_len (paper: 1/8, 4 and 16 times 4k); 1 must be first.
+    pub eval_length_factors: Vec<usize>,
+    /// Micro-batches accumulated per optimiser step.
+    pub grad_accum: usize,
+    /// Save a checkpoint every this many steps (0 = only at the end and on interruption).
+    pub checkpoint_every: usize,
 }
 
 /// Defaults follow the paper where it is known (batch 32, L = 4096, warmup then cosine); the
@@ -58,6 +69,9 @@ impl Default for TrainConfig {
             beta2: 0.95,
             eval_tokens: 0,
             eval_batch_size: 16,
+            eval_length_factors: vec![1],
+            grad_accum: 1,
+            checkpoint_every: 0,
         }
     }
 }
@@ -79,96 +93,130 @@ pub struct StepMetrics {
 pub struct TrainOutcome {
     pub steps: usize,
     pub tokens_seen: usize,
+    /// Training wall time, including time before a resume.
     pub wall_s: f64,
     pub final_loss: f64,
 }
 
-/// Variables that get weight decay: matmul weights (`*.weight` outside norms and embeddings).
-fn decays(name: &str) -> bool {
-    name.ends_with(".weight") && !name.contains("norm") && !name.starts_with("embed.")
+/// The seed of libtorch's RNG (dropout) for one micro-batch: a function of the run seed and the
+/// position in training only, so that a resumed run draws the same masks.
+fn step_seed(seed: u64, step: usize, micro: usize) -> i64 {
+    (seed.wrapping_mul(1_000_003).wrapping_add((step * 64 + micro) as u64) & 0x7fff_ffff_ffff) as i64
 }
 
-/// Global L2 norm of all gradients; names the first non-finite gradient if there is one.
-fn grad_norm(vs: &nn::VarStore, step: usize) -> Result<f64, ModelError> {
-    let norm = tch::no_grad(|| {
-        let squares: Vec<Tensor> = vs.trainable_variables().iter().map(|v| v.grad()).filter(|g| g.defined()).map(|g| g.square().sum(tch::Kind::Float)).collect();
-        Tensor::stack(&squares, 0).sum(tch::Kind::Float).sqrt().double_value(&[])
-    });
-    if !norm.is_finite() {
-        let mut vars: Vec<_> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let bad = vars.into_iter().find(|(_, v)| v.grad().defined() && v.grad().isfinite().all().int64_value(&[]) == 0);
-        let what = bad.map_or("the gradient norm".to_string(), |(name, _)| format!("the gradient of {name}"));
-        return Err(ModelError::NonFinite { step, what, value: norm });
+/// A training run in progress: model, optimiser, sampler and position.
+pub struct Trainer<'a> {
+    model: &'a LanguageModel,
+    vs: &'a nn::VarStore,
+    run: &'a RunConfig,
+    opt: AdamW,
+    batcher: Batcher,
+    step: usize,
+    tokens_seen: usize,
+    elapsed_before: f64,
+}
+
+impl<'a> Trainer<'a> {
+    /// A run at step 0; `model` must own the variables of `vs`.
+    pub fn new(model: &'a LanguageModel, vs: &'a nn::VarStore, run: &'a RunConfig) -> Self {
+        let t = &run.train;
+        Self {
+            model,
+            vs,
+            run,
+            opt: AdamW::new(vs, t.beta1, t.beta2, run.ssm.lr_scale),
+            batcher: Batcher::new(run.seed, t.batch_size, t.seq_len),
+            step: 0,
+            tokens_seen: 0,
+            elapsed_before: 0.0,
+        }
     }
-    Ok(norm)
-}
 
-/// Trains `model` (whose variables live in `vs`) on `stream`. `on_step` is called after every
-/// step and may stop the run (`ControlFlow::Break`), which returns `ModelError::Interrupted`.
-/// `ssm_lr_scale` scales the learning rate of the SSM kernel parameters (optimiser group
-/// [`bst_ssm::SSM_PARAM_GROUP`]).
-pub fn train(
-    model: &LanguageModel,
-    vs: &nn::VarStore,
-    cfg: &TrainConfig,
-    ssm_lr_scale: f64,
-    stream: &TokenStream,
-    seed: u64,
-    mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
-) -> Result<TrainOutcome, ModelError> {
-    let device = vs.device();
-    let adamw = nn::AdamW { beta1: cfg.beta1, beta2: cfg.beta2, wd: 0.0, eps: 1e-8, amsgrad: false };
-    let mut opt = adamw.build(vs, cfg.lr)?;
-    let groups = vs.variables_.lock().unwrap().trainable_variables.iter().map(|v| v.group + 1).max().unwrap_or(1);
-    let decayed: Vec<Tensor> = vs.variables().into_iter().filter(|(name, _)| decays(name)).map(|(_, t)| t).collect();
-    let mut batcher = Batcher::new(seed, cfg.batch_size, cfg.seq_len);
-    let start = Instant::now();
-    let mut loss_value = f64::NAN;
-    for step in 0..cfg.steps {
-        let lr = lr_at(step, cfg);
-        opt.set_lr_group(0, lr);
-        if groups > bst_ssm::SSM_PARAM_GROUP {
-            opt.set_lr_group(bst_ssm::SSM_PARAM_GROUP, lr * ssm_lr_scale);
-        }
-        let (inputs, targets) = batcher.next_batch(stream)?;
-        let loss = model.loss(&inputs.to_device(device), &targets.to_device(device), true);
-        loss_value = loss.double_value(&[]);
-        if !loss_value.is_finite() {
-            return Err(ModelError::NonFinite { step, what: "the training loss".into(), value: loss_value });
-        }
-        opt.zero_grad();
-        loss.backward();
-        let norm = grad_norm(vs, step)?;
-        if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-            let scale = cfg.grad_clip / (norm + 1e-6);
-            tch::no_grad(|| vs.trainable_variables().iter().for_each(|v| {
-                let mut g = v.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(scale);
+    /// Steps completed.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Continues from the checkpoint in `dir` (weights, optimiser, sampler, step).
+    pub fn resume(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let state = checkpoint::load(dir, self.vs, &mut self.opt)?;
+        self.step = state.step;
+        self.tokens_seen = state.tokens_seen;
+        self.elapsed_before = state.elapsed_s;
+        self.batcher = state.batcher;
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current position to `dir`.
+    pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
+        let state = TrainState {
+            format: 0,
+            step: self.step,
+            tokens_seen: self.tokens_seen,
+            elapsed_s,
+            batcher: self.batcher.clone(),
+            model_sha256: String::new(),
+            optim_sha256: String::new(),
+        };
+        checkpoint::save(dir, self.vs, &self.opt, self.run, state)
+    }
+
+    /// Trains until `train.steps`. With `checkpoint_dir`, saves every `train.checkpoint_every`
+    /// steps, at the end, and when `on_step` stops the run (`ControlFlow::Break`), which returns
+    /// `ModelError::Interrupted`.
+    pub fn run(
+        &mut self,
+        stream: &TokenStream,
+        checkpoint_dir: Option<&Path>,
+        mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
+    ) -> Result<TrainOutcome, ModelError> {
+        let cfg = &self.run.train;
+        let device = self.vs.device();
+        let start = Instant::now();
+        let elapsed = |before: f64| before + start.elapsed().as_secs_f64();
+        let mut loss_value = f64::NAN;
+        while self.step < cfg.steps {
+            let step = self.step;
+            let lr = lr_at(step, cfg);
+            self.opt.zero_grad();
+            let mut loss_sum = 0.0;
+            for micro in 0..cfg.grad_accum {
+                tch::manual_seed(step_seed(self.run.seed, step, micro));
+                let (inputs, targets) = self.batcher.next_batch(stream)?;
+                let loss = self.model.loss(&inputs.to_device(device), &targets.to_device(device), true);
+                let value = loss.double_value(&[]);
+                if !value.is_finite() {
+                    return Err(ModelError::NonFinite { step, what: "the training loss".into(), value });
                 }
-            }));
+                (loss / cfg.grad_accum as f64).backward();
+                loss_sum += value / cfg.grad_accum as f64;
+            }
+            loss_value = loss_sum;
+            let norm = self.opt.grad_norm(step)?;
+            if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+                self.opt.scale_grads(cfg.grad_clip / (norm + 1e-6));
+            }
+            self.opt.step(lr, cfg.weight_decay);
+            self.step += 1;
+            self.tokens_seen += cfg.grad_accum * cfg.batch_size * cfg.seq_len;
+            let now = elapsed(self.elapsed_before);
+            let metrics = StepMetrics { step, loss: loss_value, lr, grad_norm: norm, tokens_seen: self.tokens_seen, elapsed_s: now, tokens_per_s: self.tokens_seen as f64 / now };
+            let stop = on_step(&metrics).is_break();
+            if let Some(dir) = checkpoint_dir {
+                let periodic = cfg.checkpoint_every > 0 && self.step % cfg.checkpoint_every == 0;
+                if stop || periodic || self.step == cfg.steps {
+                    self.save(dir, now)?;
+                }
+            }
+            if stop {
+                return Err(ModelError::Interrupted { step });
+            }
         }
-        tch::no_grad(|| decayed.iter().for_each(|w| {
-            let _ = w.shallow_clone().g_mul_scalar_(1.0 - lr * cfg.weight_decay);
-        }));
-        opt.step();
-        let elapsed_s = start.elapsed().as_secs_f64();
-        let tokens_seen = (step + 1) * cfg.batch_size * cfg.seq_len;
-        let metrics = StepMetrics { step, loss: loss_value, lr, grad_norm: norm, tokens_seen, elapsed_s, tokens_per_s: tokens_seen as f64 / elapsed_s };
-        if on_step(&metrics).is_break() {
-            return Err(ModelError::Interrupted { step });
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
         }
+        Ok(TrainOutcome { steps: self.step, tokens_seen: self.tokens_seen, wall_s: elapsed(self.elapsed_before), final_loss: loss_value })
     }
-    if let Device::Cuda(_) = device {
-        tch::Cuda::synchronize(0);
-    }
-    Ok(TrainOutcome {
-        steps: cfg.steps,
-        tokens_seen: cfg.steps * cfg.batch_size * cfg.seq_len,
-        wall_s: start.elapsed().as_secs_f64(),
-        final_loss: loss_value,
-    })
 }
 
 #[cfg(test)]
@@ -176,7 +224,7 @@ mod tests {
     use super::*;
     use crate::ModelConfig;
     use bst_attn::AttnConfig;
-    use bst_ssm::SsmConfig;
+    use tch::Tensor;
 
     fn repeating_text_stream() -> TokenStream {
         let text = b"the quick brown fox jumps over the lazy dog. ".repeat(200);
@@ -187,26 +235,29 @@ mod tests {
     fn run(arch: &str, seed: u64) -> Vec<f64> {
         let mut cfg = crate::RunConfig::default();
         cfg.model = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, context_states: 4, ..Default::default() };
-        if arch != "SLIDE" {
+        if arch.starts_with("BST") || arch == "GSS-HYBRID" {
             cfg.model.ssm_layers = vec![1];
         }
+        cfg.model.memory_len = 16;
+        cfg.model.recurrent_layer = -1;
         cfg.attn = AttnConfig { window: 16, ..Default::default() };
         cfg.train = TrainConfig { steps: 30, batch_size: 4, seq_len: 32, lr: 3e-3, warmup_steps: 3, ..Default::default() };
         cfg.seed = seed;
         let vs = nn::VarStore::new(Device::Cpu);
         let lm = cfg.build_model(&vs.root(), 256).unwrap();
         let mut losses = Vec::new();
-        train(&lm, &vs, &cfg.train, 1.0, &repeating_text_stream(), seed, |m| {
-            losses.push(m.loss);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+        Trainer::new(&lm, &vs, &cfg)
+            .run(&repeating_text_stream(), None, |m| {
+                losses.push(m.loss);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
         losses
     }
 
     #[test]
     fn loss_decreases_for_every_architecture() {
-        for arch in ["SLIDE", "BST:SH:S4D", "BST:SH:S4", "BST:SH:UNSTRUCT", "BST:MH:S4D", "BST:MF:S4D"] {
+        for arch in ["SLIDE", "BST:SH:S4D", "BST:SH:S4", "BST:SH:UNSTRUCT", "BST:MH:S4D", "BST:MF:S4D", "BRECT:FIXED:SKIP", "TRSF-XL", "GSS-HYBRID", "TRANSFORMER"] {
             let losses = run(arch, 0);
             let (first, last) = (losses[..3].iter().sum::<f64>() / 3.0, losses[27..].iter().sum::<f64>() / 3.0);
             assert!(last < first * 0.7, "{arch}: loss {first:.3} -> {last:.3} did not drop");
@@ -214,22 +265,16 @@ mod tests {
     }
 
     #[test]
-    fn weight_decay_spares_norms_embeddings_and_ssm() {
-        assert!(decays("layers.0.mixer.qkv.weight"));
-        assert!(!decays("layers.0.mixer.qkv.bias"));
-        assert!(!decays("layers.0.norm1.weight"));
-        assert!(!decays("embed.weight"));
-        assert!(!decays("layers.1.mixer.ssm.conv.s4d.log_dt"));
-        assert!(!decays("layers.1.mixer.ssm.conv.long_conv.taps"));
-    }
-
-    #[test]
     fn stopping_from_the_callback_interrupts() {
-        tch::manual_seed(0);
+        let mut cfg = RunConfig::default();
+        cfg.model = ModelConfig { n_layers: 1, d_model: 16, n_heads: 2, ..Default::default() };
+        cfg.attn = AttnConfig { window: 8, ..Default::default() };
+        cfg.train = TrainConfig { steps: 10, batch_size: 2, seq_len: 16, warmup_steps: 2, ..Default::default() };
         let vs = nn::VarStore::new(Device::Cpu);
-        let lm = LanguageModel::new(&vs.root(), &ModelConfig { n_layers: 1, d_model: 16, n_heads: 2, ..Default::default() }, &AttnConfig { window: 8, ..Default::default() }, &SsmConfig::default(), 256, 16).unwrap();
-        let cfg = TrainConfig { steps: 10, batch_size: 2, seq_len: 16, warmup_steps: 2, ..Default::default() };
-        let err = train(&lm, &vs, &cfg, 1.0, &repeating_text_stream(), 0, |m| if m.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }).unwrap_err();
+        let lm = cfg.build_model(&vs.root(), 256).unwrap();
+        let mut trainer = Trainer::new(&lm, &vs, &cfg);
+        let err = trainer.run(&repeating_text_stream(), None, |m| if m.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }).unwrap_err();
         assert!(matches!(err, ModelError::Interrupted { step: 2 }), "{err}");
+        assert_eq!(trainer.step(), 3, "the step that asked to stop has completed");
     }
 }

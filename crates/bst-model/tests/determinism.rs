@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 
 use bst_data::TokenStream;
-use bst_model::{train, RunConfig};
+use bst_model::{RunConfig, Trainer};
 use tch::{nn, Device, Tensor};
 
 fn losses(seed: u64) -> Vec<f64> {
@@ -35,11 +35,12 @@ fn losses(seed: u64) -> Vec<f64> {
     let vs = nn::VarStore::new(Device::Cpu);
     let lm = cfg.build_model(&vs.root(), 256).unwrap();
     let mut out = Vec::new();
-    train(&lm, &vs, &cfg.train, cfg.ssm.lr_scale, &stream, cfg.seed, |m| {
-        out.push(m.loss);
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    Trainer::new(&lm, &vs, &cfg)
+        .run(&stream, None, |m| {
+            out.push(m.loss);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     out
 }
 

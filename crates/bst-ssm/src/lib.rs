@@ -9,6 +9,7 @@
 pub mod config; // SsmConfig and the kernel-family / init / discretisation choices
 pub mod error; // SsmError: invalid configurations, unsupported modes
 pub mod fft_conv; // causal FFT convolution (zero-padded to 2L) and its O(L^2) direct reference
+pub mod gss; // Gated State Space layer (GSS-HYBRID baseline)
 pub mod hippo; // HiPPO-LegS and its normal-plus-low-rank decomposition
 pub mod long_conv; // unstructured explicit filters with smoothing and squash (Fu et al. 2023)
 pub mod recurrence; // step mode: diagonal and dense discretised systems and their state
@@ -21,6 +22,7 @@ pub mod vandermonde; // chunked Vandermonde products for diagonal kernels
 pub use config::{Discretization, S4dInit, SsmConfig, SsmKind};
 pub use error::SsmError;
 pub use fft_conv::{causal_fft_conv, direct_causal_conv};
+pub use gss::GssLayer;
 pub use long_conv::LongConvKernel;
 pub use recurrence::{Recurrence, SsmState};
 pub use s4::S4Kernel;

@@ -44,22 +44,26 @@ impl LongConvKernel {
     }
 
     /// The length-`seq` kernel `[channels, seq]`: the regularised taps, cut to `seq` or
-    /// zero-padded past `max_len` (see the module docs).
+    /// zero-padded past `max_len` (see the module docs). Only the taps the result depends on are
+    /// smoothed (the first `seq` plus half the smoothing window), so the cost is O(seq), not
+    /// O(max_len).
     pub fn kernel(&self, seq: i64) -> Tensor {
-        let mut k = self.taps.shallow_clone();
+        let max_len = self.max_len();
+        let used = seq.min(max_len);
+        let half = self.smooth_window / 2;
+        let mut k = self.taps.narrow(1, 0, (used + half).min(max_len));
         if self.smooth_window > 1 {
             let w = self.smooth_window;
-            k = k.unsqueeze(0).avg_pool1d([w], [1], [w / 2], false, false).squeeze_dim(0);
+            k = k.unsqueeze(0).avg_pool1d([w], [1], [half], false, false).squeeze_dim(0);
         }
+        let mut k = k.narrow(1, 0, used);
         if self.squash > 0.0 {
             k = (k.abs() - self.squash).relu() * k.sign();
         }
-        let max_len = self.max_len();
-        if seq <= max_len {
-            k.narrow(1, 0, seq)
-        } else {
-            k.constant_pad_nd([0, seq - max_len])
+        if seq > max_len {
+            k = k.constant_pad_nd([0, seq - max_len]);
         }
+        k
     }
 }
 
@@ -89,6 +93,16 @@ mod tests {
         let k = smooth.kernel(32);
         let mid = (smooth.taps.narrow(1, 4, 3).sum_dim_intlist(1, false, None::<Kind>) / 3.0).get(0);
         assert!((k.get(0).get(5) - mid).abs().double_value(&[]) < 1e-6);
+    }
+
+    #[test]
+    fn a_short_kernel_is_the_prefix_of_the_full_one() {
+        // smoothing only the needed taps must not change them
+        let (_vs, f) = filters(0.001, 7);
+        let full = f.kernel(32);
+        for seq in [1, 5, 13, 29] {
+            assert!(f.kernel(seq).allclose(&full.narrow(1, 0, seq), 1e-7, 1e-7, false), "L={seq}");
+        }
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     overall.set_style(ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} runs  elapsed {elapsed}  eta {eta}").expect("valid template").progress_chars("=> "));
     overall.set_prefix(sweep.meta.name.clone());
     let log = |line: String| bars.suspend(|| eprintln!("{line}"));
+    let log: &dyn Fn(String) = &log;
 
     let (mut records, mut reused, mut trained) = (Vec::new(), 0, 0);
     let mut interrupted = None;
@@ -125,7 +126,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
         bar.set_prefix(format!("run {}/{}", spec.index + 1, sweep.runs.len()));
         log(format!("{spec}: training {} ({} steps of {}x{} tokens)", spec.config.model.arch, spec.config.train.steps, spec.config.train.batch_size, spec.config.train.seq_len));
         let loaded = data.get(&spec.config.data)?;
-        let result = run::execute(spec, &loaded, &results_dir, device, |m| {
+        let result = run::execute(spec, &loaded, &results_dir, device, &log, |m| {
             bar.set_position(m.step as u64 + 1);
             if m.step % 5 == 0 {
                 bar.set_message(format!("loss {:.3}  {:.0} tok/s", m.loss, m.tokens_per_s));
@@ -157,7 +158,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     results::write_csv(&csv_path, &sweep.grid_keys, &records)?;
     let mut files = vec![csv_path];
     if let Some(run) = interrupted {
-        bail!("interrupted during {run}: {} finished runs are in {}; rerun the same command to resume", records.len(), files[0].display());
+        bail!("interrupted during {run} (checkpoint saved): {} finished runs are in {}; rerun the same command to resume", records.len(), files[0].display());
     }
     files.extend(plot::render(&plot::metric_chart(&sweep.meta.name, &records, plot_x.as_deref()), &results_dir.join("test_bpb"))?);
     let curves = records

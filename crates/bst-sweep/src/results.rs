@@ -13,13 +13,22 @@ const METRICS: [&str; 19] = [
     "unigram_test_bpb", "git_commit", "device", "date", "run_id",
 ];
 
-/// The header of runs.csv for these grid keys.
-pub fn header(grid_keys: &[String]) -> Vec<String> {
-    let lead = ["variant".to_string()].into_iter().chain(grid_keys.iter().cloned()).chain(["seed".to_string()]);
-    lead.chain(METRICS.iter().map(|s| s.to_string())).collect()
+/// Longer evaluation lengths present in any record (columns `test_bpb_x<factor>`).
+fn factors(records: &[RunRecord]) -> Vec<usize> {
+    let mut f: Vec<usize> = records.iter().flat_map(|r| r.longer.iter().map(|l| l.factor)).collect();
+    f.sort_unstable();
+    f.dedup();
+    f
 }
 
-fn row(r: &RunRecord, grid_keys: &[String]) -> Vec<String> {
+/// The header of runs.csv for these grid keys and longer evaluation lengths.
+pub fn header(grid_keys: &[String], factors: &[usize]) -> Vec<String> {
+    let lead = ["variant".to_string()].into_iter().chain(grid_keys.iter().cloned()).chain(["seed".to_string()]);
+    let longer = factors.iter().map(|f| format!("test_bpb_x{f}"));
+    lead.chain(METRICS.iter().map(|s| s.to_string())).chain(longer).collect()
+}
+
+fn row(r: &RunRecord, grid_keys: &[String], factors: &[usize]) -> Vec<String> {
     let mut cells = vec![r.variant.clone()];
     cells.extend(grid_keys.iter().map(|k| r.point.get(k).cloned().unwrap_or_default()));
     cells.push(r.seed.to_string());
@@ -44,15 +53,17 @@ fn row(r: &RunRecord, grid_keys: &[String]) -> Vec<String> {
         r.provenance.date.clone(),
         r.run_id.clone(),
     ]);
+    cells.extend(factors.iter().map(|f| r.longer.iter().find(|l| l.factor == *f).map(|l| format!("{:.4}", l.test.bits_per_byte)).unwrap_or_default()));
     cells
 }
 
 /// Writes runs.csv atomically from the finished runs, in grid order.
 pub fn write_csv(path: &Path, grid_keys: &[String], records: &[RunRecord]) -> Result<()> {
+    let factors = factors(records);
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(header(grid_keys))?;
+    w.write_record(header(grid_keys, &factors))?;
     for r in records {
-        w.write_record(row(r, grid_keys))?;
+        w.write_record(row(r, grid_keys, &factors))?;
     }
     write_atomic(path, &w.into_inner()?)
 }

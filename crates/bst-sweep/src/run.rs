@@ -2,9 +2,11 @@
 //! and the files of its run folder.
 //!
 //! `runs/<run_id>/` holds `config.toml` (the resolved configuration), `metrics.csv` (one row per
-//! optimiser step, written as training goes) and, once the run has finished, `result.json`.
-//! `result.json` is written atomically (temp file + rename) and is the only mark of a finished
-//! run: an interrupted run leaves none and is redone from the start on the next launch.
+//! optimiser step, written as training goes), `checkpoint/` (see `bst_model::checkpoint`; kept
+//! at the end for `bst-score`) and, once the run has finished, `result.json`. `result.json` is
+//! written atomically and is the only mark of a finished run. An interrupted run (Ctrl-C, or a
+//! crash after a periodic checkpoint) resumes from its last checkpoint on the next launch, and
+//! continues exactly as if it had not stopped.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -14,7 +16,7 @@ use std::rc::Rc;
 
 use anyhow::{Context, Result};
 use bst_data::{ByteTokenizer, Corpus, DataConfig, TokenStream, Tokenizer, TokenizerKind};
-use bst_model::{evaluate, train, EvalMetrics, RunConfig, StepMetrics};
+use bst_model::{checkpoint, evaluate, EvalMetrics, RunConfig, StepMetrics, Trainer};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
@@ -86,9 +88,21 @@ pub struct RunRecord {
     pub final_train_loss: f64,
     pub valid: EvalMetrics,
     pub test: EvalMetrics,
+    /// Test scores at the longer evaluation lengths (`train.eval_length_factors` after 1).
+    pub longer: Vec<LengthEval>,
+    /// The run continued from a checkpoint of an earlier launch.
+    pub resumed_from_step: Option<usize>,
     pub unigram_test_bpb: f64,
     pub provenance: Provenance,
     pub config: RunConfig,
+}
+
+/// Test scores at `factor` times the training length.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LengthEval {
+    pub factor: usize,
+    pub seq_len: usize,
+    pub test: EvalMetrics,
 }
 
 /// The folder of one run.
@@ -110,39 +124,68 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-/// Trains and evaluates one run. `on_step` sees every step and may stop the run.
+/// metrics.csv of a run, keeping the rows of steps before `step` (a resumed run rewrites the rest).
+fn open_metrics(path: &Path, step: usize) -> Result<std::io::BufWriter<std::fs::File>> {
+    const HEADER: &str = "step,loss,lr,grad_norm,tokens_seen,elapsed_s,tokens_per_s";
+    let kept: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s < step))
+        .map(String::from)
+        .collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    writeln!(file, "{HEADER}")?;
+    for line in kept {
+        writeln!(file, "{line}")?;
+    }
+    Ok(file)
+}
+
+/// Trains (or resumes) and evaluates one run. `on_step` sees every step and may stop the run;
+/// `log` reports a resume.
 pub fn execute(
     spec: &RunSpec,
     data: &LoadedData,
     results_dir: &Path,
     device: Device,
+    log: &dyn Fn(String),
     mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
 ) -> Result<RunRecord> {
     let cfg = &spec.config;
     let dir = run_dir(results_dir, &spec.run_id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     write_atomic(&dir.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
-    let mut metrics = std::io::BufWriter::new(std::fs::File::create(dir.join("metrics.csv"))?);
-    writeln!(metrics, "step,loss,lr,grad_norm,tokens_seen,elapsed_s,tokens_per_s")?;
 
     let vs = nn::VarStore::new(device);
     let model = cfg.build_model(&vs.root(), data.vocab_size)?;
     let params = bst_model::lm::parameter_count(&vs);
+    let mut trainer = Trainer::new(&model, &vs, cfg);
+    let ckpt = dir.join("checkpoint");
+    let resumed_from_step = if checkpoint::exists(&ckpt) {
+        trainer.resume(&ckpt).with_context(|| format!("resuming {spec} (delete {} to restart it from scratch)", ckpt.display()))?;
+        log(format!("{spec}: resuming from the checkpoint at step {}", trainer.step()));
+        Some(trainer.step())
+    } else {
+        None
+    };
+    let mut metrics = open_metrics(&dir.join("metrics.csv"), trainer.step())?;
     let mut io_error = None;
-    let outcome = train(&model, &vs, &cfg.train, cfg.ssm.lr_scale, &data.train, cfg.seed, |m| {
+    let outcome = trainer.run(&data.train, Some(&ckpt), |m| {
         if let Err(e) = writeln!(metrics, "{},{},{},{},{},{:.3},{:.1}", m.step, m.loss, m.lr, m.grad_norm, m.tokens_seen, m.elapsed_s, m.tokens_per_s) {
             io_error = Some(e);
             return ControlFlow::Break(());
         }
         on_step(m)
     });
+    metrics.flush()?;
     if let Some(e) = io_error {
         return Err(e).context("writing metrics.csv");
     }
     let outcome = outcome?;
-    metrics.flush()?;
     let t = &cfg.train;
-    let eval = |stream| evaluate(&model, stream, t.seq_len, t.eval_batch_size, t.eval_tokens, device);
+    let eval = |stream, factor: usize| evaluate(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device);
+    let longer = t.eval_length_factors.iter().skip(1).map(|&factor| Ok(LengthEval { factor, seq_len: t.seq_len * factor, test: eval(&data.test, factor)? })).collect::<Result<Vec<_>>>()?;
     let record = RunRecord {
         run_id: spec.run_id.clone(),
         variant: spec.variant.clone(),
@@ -155,8 +198,10 @@ pub fn execute(
         wall_s: outcome.wall_s,
         tokens_per_s: outcome.tokens_seen as f64 / outcome.wall_s,
         final_train_loss: outcome.final_loss,
-        valid: eval(&data.valid)?,
-        test: eval(&data.test)?,
+        valid: eval(&data.valid, 1)?,
+        test: eval(&data.test, 1)?,
+        longer,
+        resumed_from_step,
         unigram_test_bpb: data.unigram_test_bpb,
         provenance: Provenance::now(device),
         config: cfg.clone(),

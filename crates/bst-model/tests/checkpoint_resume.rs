@@ -1,0 +1,97 @@
+//! Checkpoints: a run stopped half-way and resumed from its checkpoint gives the same loss curve
+//! and weights as an uninterrupted run; a corrupted checkpoint is refused. (Own test binary:
+//! libtorch's RNG is global to the process.)
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use bst_data::TokenStream;
+use bst_model::{checkpoint, ModelError, RunConfig, Trainer};
+use tch::{nn, Device, Tensor};
+
+fn stream() -> TokenStream {
+    let text = b"Call me Ishmael. Some years ago, never mind how long precisely. ".repeat(60);
+    let ids: Vec<i64> = text.iter().map(|&b| b as i64).collect();
+    TokenStream { tokens: Tensor::from_slice(&ids), bytes: ids.len() }
+}
+
+fn config() -> RunConfig {
+    toml::from_str(
+        r#"
+        seed = 3
+        [model]
+        arch = "BST:SH:S4D"
+        n_layers = 2
+        d_model = 32
+        n_heads = 2
+        dropout = 0.1
+        ssm_layers = [1]
+        [attn]
+        window = 16
+        [train]
+        steps = 12
+        batch_size = 4
+        seq_len = 32
+        warmup_steps = 2
+        grad_accum = 2
+        "#,
+    )
+    .unwrap()
+}
+
+/// Trains from step 0 (or from `resume`), stopping after `stop_after` steps if given; returns
+/// the losses and the final weights.
+fn train(dir: &Path, resume: bool, stop_after: Option<usize>) -> (Vec<f64>, Vec<(String, Tensor)>) {
+    let cfg = config();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let lm = cfg.build_model(&vs.root(), 256).unwrap();
+    let mut trainer = Trainer::new(&lm, &vs, &cfg);
+    if resume {
+        trainer.resume(dir).unwrap();
+    }
+    let mut losses = Vec::new();
+    let result = trainer.run(&stream(), Some(dir), |m| {
+        losses.push(m.loss);
+        if Some(m.step + 1) == stop_after { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    match (result, stop_after) {
+        (Ok(_), None) | (Err(ModelError::Interrupted { .. }), Some(_)) => {}
+        (other, _) => panic!("unexpected end of training: {other:?}"),
+    }
+    let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    (losses, weights)
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run_and_corruption_is_detected() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (full, full_weights) = train(a.path(), false, None);
+    let (first, _) = train(b.path(), false, Some(5));
+    assert!(checkpoint::exists(b.path()));
+    let (rest, weights) = train(b.path(), true, None);
+    assert_eq!([first, rest].concat(), full, "resumed loss curve differs");
+    for ((name, x), (_, y)) in full_weights.iter().zip(&weights) {
+        assert!(x.equal(y), "{name} differs after resuming");
+    }
+
+    // the final checkpoint is readable as plain safetensors
+    let saved = Tensor::read_safetensors(b.path().join("model.safetensors")).unwrap();
+    assert_eq!(saved.len(), weights.len());
+
+    // flip one byte of the weights: the checksum catches it
+    let model = b.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&model, bytes).unwrap();
+    let cfg = config();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let lm = cfg.build_model(&vs.root(), 256).unwrap();
+    let err = Trainer::new(&lm, &vs, &cfg).resume(b.path()).unwrap_err().to_string();
+    assert!(err.contains("checksum") && err.contains("model.safetensors"), "{err}");
+    // and a truncated state file is reported too
+    std::fs::write(b.path().join("state.json"), "{\"format\": 1, \"st").unwrap();
+    let err = Trainer::new(&lm, &vs, &cfg).resume(b.path()).unwrap_err().to_string();
+    assert!(err.contains("state.json"), "{err}");
+}
