@@ -5,7 +5,8 @@
 #      skipped when that version is already there;
 #   3. points .libtorch at the wheel's torch/ folder (read by .cargo/config.toml and build.rs, so
 #      cargo build/run/test need no environment variables);
-#   4. fetches the default corpus into data/ (scripts/fetch_data.sh).
+#   4. installs the Python safetensors package (tests read our checkpoints from Python);
+#   5. fetches the default corpus into data/ (scripts/fetch_data.sh).
 # Each step says what it did.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,6 +47,13 @@ else
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
   [ "$(torch_version)" = "$TORCH_VERSION" ] || { echo "[setup] torch install failed" >&2; exit 1; }
+fi
+
+if .venv/bin/python -c "import safetensors" 2>/dev/null; then
+  say "safetensors (Python) already in .venv"
+else
+  .venv/bin/pip install -q --disable-pip-version-check safetensors
+  say "installed safetensors into .venv (tests load our checkpoints from Python)"
 fi
 
 torch_dir=$(.venv/bin/python - <<'PY'
