@@ -35,12 +35,14 @@ pub(crate) fn from_blocks(xs: &Tensor, batch: i64) -> Tensor {
 }
 
 /// Keys (or values) of the previous block next to the block's own: `[b*nb, h, 2W, d]`.
-/// Block 0 gets a zero block in front, which `previous_block_mask` hides.
-fn with_previous_block(xs: &Tensor, batch: i64) -> Tensor {
+/// Block 0 gets a zero block in front, which `previous_block_mask` hides. Without `cache_grad`
+/// the previous block's copy is a constant (no gradient flows back through it).
+fn with_previous_block(xs: &Tensor, batch: i64, cache_grad: bool) -> Tensor {
     let (bnb, h, w, d) = xs.size4().unwrap();
     let nb = bnb / batch;
     let blocks = xs.view([batch, nb, h, w, d]);
     let previous = Tensor::cat(&[blocks.narrow(1, 0, 1).zeros_like(), blocks.narrow(1, 0, nb - 1)], 1);
+    let previous = if cache_grad { previous } else { previous.detach() };
     Tensor::cat(&[previous, blocks], 3).view([bnb, h, 2 * w, d])
 }
 
@@ -53,7 +55,8 @@ fn previous_block_mask(batch: i64, blocks: i64, window: i64, device: tch::Device
     mask.unsqueeze(0).expand([batch, blocks, window, 2 * window], false).reshape([batch * blocks, 1, window, 2 * window])
 }
 
-/// Attention of every query over the keys its block may see (see [`BlockScope`]).
+/// Attention of every query over the keys its block may see (see [`BlockScope`]); with
+/// `OwnAndPrevious`, `cache_grad` says whether gradients flow through the previous block's copy.
 ///
 /// # Shapes
 /// - `q`, `k`, `v`: `[batch, seq, n_heads, head_dim]`, positions already encoded
@@ -61,6 +64,11 @@ fn previous_block_mask(batch: i64, blocks: i64, window: i64, device: tch::Device
 ///
 /// `seq` must be a multiple of `window`.
 pub fn block_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: i64, scope: BlockScope, dropout: f64) -> Tensor {
+    block_attention_cached(q, k, v, window, scope, dropout, true)
+}
+
+/// [`block_attention`] with the SLIDE cache's gradient chosen (`cache_grad`).
+pub fn block_attention_cached(q: &Tensor, k: &Tensor, v: &Tensor, window: i64, scope: BlockScope, dropout: f64, cache_grad: bool) -> Tensor {
     let (batch, seq, _, _) = q.size4().expect("q must be [batch, seq, heads, head_dim]");
     assert!(seq % window == 0, "sequence length {seq} is not a multiple of the window {window}");
     let (qb, kb, vb) = (to_blocks(q, window), to_blocks(k, window), to_blocks(v, window));
@@ -68,7 +76,7 @@ pub fn block_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: i64, scope: B
         BlockScope::Own => Tensor::scaled_dot_product_attention(&qb, &kb, &vb, None::<Tensor>, dropout, true, None, false),
         BlockScope::OwnAndPrevious => {
             let mask = previous_block_mask(batch, seq / window, window, q.device());
-            let (k2, v2) = (with_previous_block(&kb, batch), with_previous_block(&vb, batch));
+            let (k2, v2) = (with_previous_block(&kb, batch, cache_grad), with_previous_block(&vb, batch, cache_grad));
             Tensor::scaled_dot_product_attention(&qb, &k2, &v2, Some(mask), dropout, false, None, false)
         }
     };
@@ -91,6 +99,7 @@ pub struct BlockAttentionHeads {
     dims: HeadDims,
     window: i64,
     scope: BlockScope,
+    cache_grad: bool,
 }
 
 impl BlockAttentionHeads {
@@ -104,6 +113,7 @@ impl BlockAttentionHeads {
             dims,
             window: cfg.window as i64,
             scope,
+            cache_grad: cfg.slide_cache_grad,
         })
     }
 
@@ -115,7 +125,7 @@ impl BlockAttentionHeads {
         let qkv = split_heads(&self.qkv.forward(xs), 3, &self.dims);
         let (q, k) = (self.rope.apply(&qkv[0]), self.rope.apply(&qkv[1]));
         let dropout = if train { self.dims.dropout } else { 0.0 };
-        block_attention(&q, &k, &qkv[2], self.window, self.scope, dropout)
+        block_attention_cached(&q, &k, &qkv[2], self.window, self.scope, dropout, self.cache_grad)
     }
 }
 
@@ -206,6 +216,22 @@ mod tests {
         for (name, var) in vs.variables() {
             let g = var.grad();
             assert!(g.defined() && g.isfinite().all().int64_value(&[]) == 1, "{name}: bad gradient");
+        }
+    }
+
+    #[test]
+    fn slide_cache_gradient_is_configurable() {
+        // d(output of block 1)/d(keys of block 0) is non-zero only through the cache
+        for cache_grad in [true, false] {
+            let (q, k, v) = qkv(1, 8, 1, 4);
+            let k = k.set_requires_grad(true);
+            let y = block_attention_cached(&q, &k, &v, 4, BlockScope::OwnAndPrevious, 0.0, cache_grad);
+            y.narrow(1, 4, 4).sum(Kind::Double).backward();
+            let g = k.grad().narrow(1, 0, 4).abs().sum(Kind::Double).double_value(&[]);
+            assert_eq!(g > 0.0, cache_grad, "cache_grad = {cache_grad}: gradient into the previous block {g}");
+            // the forward values do not depend on it
+            let y2 = block_attention_cached(&q, &k, &v, 4, BlockScope::OwnAndPrevious, 0.0, !cache_grad);
+            assert!(y.allclose(&y2, 1e-12, 1e-12, false));
         }
     }
 

@@ -12,11 +12,14 @@ pub struct AttnConfig {
     pub window: usize,
     /// Base of the rotary position embedding's frequencies.
     pub rope_base: f64,
+    /// Whether gradients flow through the previous block's keys/values that SLIDE attends to
+    /// (meliad's differentiable cache within a segment); false makes the cache a constant.
+    pub slide_cache_grad: bool,
 }
 
 impl Default for AttnConfig {
     fn default() -> Self {
-        Self { window: 512, rope_base: 10_000.0 }
+        Self { window: 512, rope_base: 10_000.0, slide_cache_grad: true }
     }
 }
 

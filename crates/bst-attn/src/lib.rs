@@ -15,7 +15,7 @@ pub mod mask; // the attention patterns as explicit [seq, seq] masks: the refere
 pub mod rope; // rotary position embedding, applied at absolute token positions
 pub mod xl; // Transformer-XL attention with a stop-gradient memory of the previous segment
 
-pub use block_attention::{block_attention, BlockAttentionHeads, BlockScope, BlockSelfAttention};
+pub use block_attention::{block_attention, block_attention_cached, BlockAttentionHeads, BlockScope, BlockSelfAttention};
 pub use block_state::{BstAttention, BstSpec, ContextVariant};
 pub use brect::{BrectCell, BrectState};
 pub use xl::XlAttention;
