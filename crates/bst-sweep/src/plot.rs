@@ -92,11 +92,15 @@ where
 }
 
 /// Renders `chart` to `<stem>.png` and `<stem>.svg` (each written to a temp file, then renamed).
+/// Many categories widen the canvas so that their labels do not collide.
 pub fn render(chart: &Chart, stem: &Path) -> Result<Vec<PathBuf>> {
     let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
     let (png_tmp, svg_tmp) = (stem.with_extension("tmp.png"), stem.with_extension("tmp.svg"));
-    draw(BitMapBackend::new(&png_tmp, (1000, 640)).into_drawing_area(), chart).with_context(|| format!("drawing {}", png.display()))?;
-    draw(SVGBackend::new(&svg_tmp, (1000, 640)).into_drawing_area(), chart).with_context(|| format!("drawing {}", svg.display()))?;
+    let longest = chart.x_labels.iter().flatten().map(|l| l.len()).max().unwrap_or(0) as u32;
+    let categories = chart.x_labels.as_ref().map_or(0, |l| l.len()) as u32;
+    let size = ((categories * (longest * 9 + 20) + 200).max(1000), 640);
+    draw(BitMapBackend::new(&png_tmp, size).into_drawing_area(), chart).with_context(|| format!("drawing {}", png.display()))?;
+    draw(SVGBackend::new(&svg_tmp, size).into_drawing_area(), chart).with_context(|| format!("drawing {}", svg.display()))?;
     std::fs::rename(&png_tmp, &png)?;
     std::fs::rename(&svg_tmp, &svg)?;
     Ok(vec![png, svg])
@@ -131,6 +135,24 @@ pub fn metric_chart(sweep_name: &str, records: &[RunRecord], x_key: Option<&str>
             None => series.push(Series { label, points: vec![(x, r.test.bits_per_byte)] }),
         }
     }
+    // the same runs evaluated at longer lengths, one more line per series and length
+    let mut longer: Vec<Series> = Vec::new();
+    for r in records {
+        let x = xs.iter().position(|v| *v == x_of(r)).unwrap() as f64;
+        for l in &r.longer {
+            let label = format!("{} @ {}x length", series_of(r), l.factor);
+            match longer.iter_mut().find(|s| s.label == label) {
+                Some(s) => s.points.push((x, l.test.bits_per_byte)),
+                None => longer.push(Series { label, points: vec![(x, l.test.bits_per_byte)] }),
+            }
+        }
+    }
+    if !longer.is_empty() {
+        for s in &mut series {
+            s.label = format!("{} @ training length", s.label);
+        }
+    }
+    series.extend(longer);
     for s in &mut series {
         s.points = mean_by_x(&s.points);
     }

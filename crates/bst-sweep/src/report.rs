@@ -5,11 +5,21 @@ use std::fmt::Write as _;
 use crate::grid::Sweep;
 use crate::run::{LoadedData, RunRecord};
 
+/// Longer evaluation lengths (multiples of the training length) present in any record.
+pub fn longer_factors(records: &[RunRecord]) -> Vec<usize> {
+    let mut f: Vec<usize> = records.iter().flat_map(|r| r.longer.iter().map(|l| l.factor)).collect();
+    f.sort_unstable();
+    f.dedup();
+    f
+}
+
 /// A Markdown table of the finished runs, one row each, sorted as the grid.
 pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
+    let factors = longer_factors(records);
     let mut head = vec!["variant".to_string()];
     head.extend(sweep.grid_keys.iter().cloned());
     head.extend(["seed", "params", "tokens", "tok/s", "wall (s)", "valid bpb", "test bpb", "test ppl"].map(String::from));
+    head.extend(factors.iter().map(|f| format!("test bpb {f}x len")));
     let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
     for r in records {
         let mut cells = vec![r.variant.clone()];
@@ -24,6 +34,7 @@ pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
             format!("{:.3}", r.test.bits_per_byte),
             format!("{:.2}", r.test.ppl),
         ]);
+        cells.extend(factors.iter().map(|f| r.longer.iter().find(|l| l.factor == *f).map_or(String::new(), |l| format!("{:.3}", l.test.bits_per_byte))));
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out

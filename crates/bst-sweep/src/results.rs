@@ -13,15 +13,7 @@ const METRICS: [&str; 19] = [
     "unigram_test_bpb", "git_commit", "device", "date", "run_id",
 ];
 
-/// Longer evaluation lengths present in any record (columns `test_bpb_x<factor>`).
-fn factors(records: &[RunRecord]) -> Vec<usize> {
-    let mut f: Vec<usize> = records.iter().flat_map(|r| r.longer.iter().map(|l| l.factor)).collect();
-    f.sort_unstable();
-    f.dedup();
-    f
-}
-
-/// The header of runs.csv for these grid keys and longer evaluation lengths.
+/// The header of runs.csv for these grid keys and longer evaluation lengths (`test_bpb_x<factor>`).
 pub fn header(grid_keys: &[String], factors: &[usize]) -> Vec<String> {
     let lead = ["variant".to_string()].into_iter().chain(grid_keys.iter().cloned()).chain(["seed".to_string()]);
     let longer = factors.iter().map(|f| format!("test_bpb_x{f}"));
@@ -59,7 +51,7 @@ fn row(r: &RunRecord, grid_keys: &[String], factors: &[usize]) -> Vec<String> {
 
 /// Writes runs.csv atomically from the finished runs, in grid order.
 pub fn write_csv(path: &Path, grid_keys: &[String], records: &[RunRecord]) -> Result<()> {
-    let factors = factors(records);
+    let factors = crate::report::longer_factors(records);
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(header(grid_keys, &factors))?;
     for r in records {
