@@ -107,21 +107,17 @@ impl BrectCell {
         let st = split_heads(&self.state_qkv.forward(&state_in), 3, &self.dims); // q3, k_s, v_s
         let q_state_cross = split_heads(&self.state_q_cross.forward(&state_in), 1, &self.dims).remove(0);
 
-        // vertical: tokens attend to [previous block; own block] (rotary positions 0..2W) and to the state
-        let own = Tensor::ones([w, w], (Kind::Bool, device)).tril(0);
-        let (keys, values, mask) = match &carry.previous {
-            Some((pk, pv)) => {
-                let k2 = self.rope.apply(&Tensor::cat(&[pk, &tok[1]], 1)); // [b, 2W, h, hd]
-                let mask = Tensor::cat(&[Tensor::ones([w, w], (Kind::Bool, device)), own], 1);
-                (k2, Tensor::cat(&[pv, &tok[2]], 1), mask)
-            }
-            None => {
-                let k2 = self.rope.apply(&Tensor::cat(&[tok[1].zeros_like(), tok[1].shallow_clone()], 1));
-                let mask = Tensor::cat(&[Tensor::zeros([w, w], (Kind::Bool, device)), own], 1);
-                (k2, Tensor::cat(&[tok[2].zeros_like(), tok[2].shallow_clone()], 1), mask)
-            }
+        // vertical: tokens attend to [previous block; own block] (rotary positions 0..W, W..2W) and
+        // to the state; block 0 has no previous block, so zeros stand in and the mask hides them
+        let (prev_keys, prev_values) = match &carry.previous {
+            Some((pk, pv)) => (self.rope.apply_at(pk, 0), pv.shallow_clone()),
+            None => (tok[1].zeros_like(), tok[2].zeros_like()),
         };
-        let q_self = self.rope.apply(&Tensor::cat(&[tok[0].zeros_like(), tok[0].shallow_clone()], 1)).narrow(1, w, w);
+        let keys = Tensor::cat(&[prev_keys, self.rope.apply_at(&tok[1], w)], 1); // [b, 2W, h, hd]
+        let values = Tensor::cat(&[&prev_values, &tok[2]], 1);
+        let previous_visible = Tensor::full([w, w], i64::from(carry.previous.is_some()), (Kind::Bool, device));
+        let mask = Tensor::cat(&[previous_visible, Tensor::ones([w, w], (Kind::Bool, device)).tril(0)], 1);
+        let q_self = self.rope.apply_at(&tok[0], w);
         let y_self = self.attend(&q_self, &keys, &values, Some(mask), train);
         let y_cross = self.attend(&q_cross, &st[1], &st[2], None, train);
         let out = self.vertical_out.forward(&Tensor::cat(&[y_self, y_cross], -1)).dropout(self.dims.dropout, train);

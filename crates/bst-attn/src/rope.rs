@@ -24,9 +24,17 @@ impl Rope {
     /// # Shapes
     /// - `xs`: `[batch, seq, n_heads, head_dim]` -> same
     pub fn apply(&self, xs: &Tensor) -> Tensor {
+        self.apply_at(xs, 0)
+    }
+
+    /// Rotates `xs` by positions `start..start + seq`.
+    ///
+    /// # Shapes
+    /// - `xs`: `[batch, seq, n_heads, head_dim]` -> same
+    pub fn apply_at(&self, xs: &Tensor, start: i64) -> Tensor {
         let (_, seq, _, head_dim) = xs.size4().expect("rope input must be [batch, seq, heads, head_dim]");
         let half = head_dim / 2;
-        let pos = Tensor::arange(seq, (Kind::Float, xs.device()));
+        let pos = Tensor::arange_start(start, start + seq, (Kind::Float, xs.device()));
         let angles = pos.outer(&self.inv_freq).view([seq, 1, half]); // [seq, 1, half]
         let (cos, sin) = (angles.cos().to_kind(xs.kind()), angles.sin().to_kind(xs.kind()));
         let x1 = xs.narrow(-1, 0, half);
@@ -50,5 +58,7 @@ mod tests {
         assert!((score(5, 2) - score(9, 6)).abs() < 1e-4);
         assert!((score(3, 3) - score(10, 10)).abs() < 1e-4);
         assert!((score(5, 2) - score(5, 4)).abs() > 1e-4, "different offsets should differ");
+        let shifted = rope.apply_at(&q.to_kind(Kind::Float).narrow(1, 0, 5), 7);
+        assert!(shifted.allclose(&qr.narrow(1, 7, 5), 1e-6, 1e-6, false), "apply_at(start) = positions start..");
     }
 }

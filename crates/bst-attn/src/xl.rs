@@ -47,7 +47,7 @@ impl XlAttention {
         let m = memory.size()[1];
         let all = Tensor::cat(&[&memory, xs], 1); // [b, m + seq, d]
         let qkv = split_heads(&self.qkv.forward(&all), 3, &self.dims);
-        let q = self.rope.apply(&qkv[0]).narrow(1, m, seq); // queries of the segment only
+        let q = self.rope.apply_at(&qkv[0].narrow(1, m, seq), m); // queries of the segment only
         let k = self.rope.apply(&qkv[1]);
         // query i (absolute m + i) sees keys j <= m + i: causal with an offset of m
         let mask = Tensor::ones([seq, m + seq], (Kind::Bool, xs.device())).tril(m);

@@ -21,18 +21,25 @@ use tch::{nn, Tensor};
 use crate::optimizer::AdamW;
 use crate::{ModelError, RunConfig};
 
-const FORMAT: u32 = 1;
+/// 2: `progress` nested (serde's `flatten` cannot carry the sampler RNG's u128).
+const FORMAT: u32 = 2;
 
-/// The non-tensor part of a checkpoint.
+/// Where training stands: what a checkpoint restores besides the tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainState {
-    pub format: u32,
+pub struct Progress {
     /// Optimiser steps completed.
     pub step: usize,
     pub tokens_seen: usize,
     /// Training wall time before this checkpoint.
     pub elapsed_s: f64,
     pub batcher: Batcher,
+}
+
+/// `state.json`: the progress, the format and the checksums of the tensor files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format: u32,
+    pub progress: Progress,
     pub model_sha256: String,
     pub optim_sha256: String,
 }
@@ -67,7 +74,7 @@ pub fn exists(dir: &Path) -> bool {
 }
 
 /// Writes a checkpoint to `dir`, replacing any previous one.
-pub fn save(dir: &Path, vs: &nn::VarStore, opt: &AdamW, config: &RunConfig, mut state: TrainState) -> Result<(), ModelError> {
+pub fn save(dir: &Path, vs: &nn::VarStore, opt: &AdamW, config: &RunConfig, progress: Progress) -> Result<(), ModelError> {
     let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| corrupt(&tmp, e))?;
@@ -77,9 +84,7 @@ pub fn save(dir: &Path, vs: &nn::VarStore, opt: &AdamW, config: &RunConfig, mut 
     Tensor::write_safetensors(&weights, &model)?;
     let optim = tmp.join("optim.safetensors");
     Tensor::write_safetensors(&opt.state(), &optim)?;
-    state.format = FORMAT;
-    state.model_sha256 = sha256(&model)?;
-    state.optim_sha256 = sha256(&optim)?;
+    let state = TrainState { format: FORMAT, progress, model_sha256: sha256(&model)?, optim_sha256: sha256(&optim)? };
     let write = |name: &str, text: String| std::fs::write(tmp.join(name), text).map_err(|e| corrupt(&tmp.join(name), e));
     write("config.toml", toml::to_string_pretty(config).map_err(|e| corrupt(dir, e))?)?;
     write("state.json", serde_json::to_string_pretty(&state).map_err(|e| corrupt(dir, e))?)?;
@@ -93,7 +98,7 @@ pub fn load(dir: &Path, vs: &nn::VarStore, opt: &mut AdamW) -> Result<TrainState
     load_weights(&dir.join("model.safetensors"), vs)?;
     let optim = dir.join("optim.safetensors");
     let moments = Tensor::read_safetensors(&optim).map_err(|e| corrupt(&optim, e))?;
-    opt.load_state(&moments, state.step as i64).map_err(|e| corrupt(&optim, e))?;
+    opt.load_state(&moments, state.progress.step as i64).map_err(|e| corrupt(&optim, e))?;
     Ok(state)
 }
 

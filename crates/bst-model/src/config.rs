@@ -47,12 +47,6 @@ impl Architecture {
         Architecture::Transformer,
     ];
 
-    /// Whether layers carry state from one window to the next (evaluation walks the text in
-    /// order and carries it).
-    pub fn is_stateful(&self) -> bool {
-        matches!(self, Architecture::Brect | Architecture::TransformerXl)
-    }
-
     fn allowed() -> String {
         Self::ALL.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     }

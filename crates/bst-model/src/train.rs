@@ -12,7 +12,7 @@ use bst_data::{Batcher, TokenStream};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint::{self, Progress};
 use crate::optimizer::AdamW;
 use crate::{lr_at, LanguageModel, ModelError, RunConfig};
 
@@ -139,26 +139,15 @@ impl<'a> Trainer<'a> {
 
     /// Continues from the checkpoint in `dir` (weights, optimiser, sampler, step).
     pub fn resume(&mut self, dir: &Path) -> Result<(), ModelError> {
-        let state = checkpoint::load(dir, self.vs, &mut self.opt)?;
-        self.step = state.step;
-        self.tokens_seen = state.tokens_seen;
-        self.elapsed_before = state.elapsed_s;
-        self.batcher = state.batcher;
+        let Progress { step, tokens_seen, elapsed_s, batcher } = checkpoint::load(dir, self.vs, &mut self.opt)?.progress;
+        (self.step, self.tokens_seen, self.elapsed_before, self.batcher) = (step, tokens_seen, elapsed_s, batcher);
         Ok(())
     }
 
     /// Writes a checkpoint of the current position to `dir`.
     pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
-        let state = TrainState {
-            format: 0,
-            step: self.step,
-            tokens_seen: self.tokens_seen,
-            elapsed_s,
-            batcher: self.batcher.clone(),
-            model_sha256: String::new(),
-            optim_sha256: String::new(),
-        };
-        checkpoint::save(dir, self.vs, &self.opt, self.run, state)
+        let progress = Progress { step: self.step, tokens_seen: self.tokens_seen, elapsed_s, batcher: self.batcher.clone() };
+        checkpoint::save(dir, self.vs, &self.opt, self.run, progress)
     }
 
     /// Trains until `train.steps`. With `checkpoint_dir`, saves every `train.checkpoint_every`

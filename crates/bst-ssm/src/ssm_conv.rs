@@ -61,14 +61,6 @@ impl SsmConv {
         Ok(Self { kernel, kind, d, channels: channels as i64, banks: banks as i64, cache: Mutex::new(None) })
     }
 
-    pub fn channels(&self) -> i64 {
-        self.channels
-    }
-
-    pub fn banks(&self) -> i64 {
-        self.banks
-    }
-
     /// Whether autograd would record an operation on the parameters now (tch exposes no query of
     /// the grad mode, so probe it with a tiny op).
     fn grad_enabled(&self) -> bool {
@@ -130,11 +122,6 @@ impl SsmConv {
         let y = recurrence.step(&u_all, state) + &u_all * &self.d;
         y.view([batch, self.banks, self.channels]).to_kind(u.kind())
     }
-
-    /// A zero state for `batch` sequences.
-    pub fn zero_state(&self, recurrence: &Recurrence, batch: i64) -> SsmState {
-        recurrence.zero_state(batch)
-    }
 }
 
 #[cfg(test)]
@@ -175,7 +162,7 @@ mod tests {
             let u = Tensor::randn([2, 3, 33], (Kind::Float, Device::Cpu));
             let y_conv = conv.forward_t(&u, false);
             let rec = conv.recurrence().unwrap();
-            let mut state = conv.zero_state(&rec, 2);
+            let mut state = rec.zero_state(2);
             let steps: Vec<Tensor> = (0..33).map(|t| conv.step(&rec, &u.select(2, t), &mut state)).collect();
             let y_rec = Tensor::stack(&steps, -1);
             let err = (&y_conv - &y_rec).abs().max().double_value(&[]);

@@ -86,7 +86,7 @@ mod tests {
         assert!((picked - ys.index_select(1, &at)).abs().max().double_value(&[]) < 1e-6);
 
         let rec = layer.conv().recurrence().unwrap();
-        let mut state = layer.conv().zero_state(&rec, 1);
+        let mut state = rec.zero_state(1);
         let streamed: Vec<Tensor> = (0..21).map(|t| layer.step(&rec, &xs.select(1, t), &mut state)).collect();
         let err = (Tensor::stack(&streamed, 1) - &ys).abs().max().double_value(&[]);
         assert!(err < 1e-4, "streaming differs from the parallel pass by {err}");
