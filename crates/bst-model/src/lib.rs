@@ -5,6 +5,7 @@
 //! MLP), a final norm and an output head. Attention sublayers are SLIDE, except at the indices in
 //! `model.ssm_layers`, which are BST layers. Logits are `[batch, seq, vocab]`.
 
+pub mod autocast; // Precision (train.precision) and the Autocast guard: bf16 autocast on CPU/CUDA via a C++ shim
 pub mod checkpoint; // safetensors weights + optimiser moments + sampler state, checksummed, atomic
 pub mod config; // Architecture (paper names: BST:{SH,MH,MF}:{S4D,S4,UNSTRUCT}, SLIDE) and ModelConfig ([model])
 pub mod device; // DeviceChoice: auto | cpu | cuda[:N]
@@ -16,10 +17,11 @@ pub mod run_config; // RunConfig: everything one training run needs, validated a
 pub mod schedule; // learning rate: linear warmup then cosine decay
 pub mod train; // TrainConfig and Trainer: the training loop, resumable from checkpoints
 
+pub use autocast::{Autocast, Precision};
 pub use config::{Architecture, ModelConfig};
 pub use device::DeviceChoice;
 pub use error::ModelError;
-pub use eval::{evaluate, EvalMetrics};
+pub use eval::{evaluate, evaluate_with_precision, AnswerMetrics, EvalMetrics};
 pub use lm::{LanguageModel, LmState};
 pub use run_config::RunConfig;
 pub use schedule::lr_at;

@@ -9,7 +9,7 @@ use bst_attn::{AttnConfig, BlockScope, BlockSelfAttention, BrectCell, BrectState
 use bst_ssm::{GssLayer, SsmConfig, SsmKind};
 use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
-use crate::{Architecture, ModelConfig, ModelError};
+use crate::{Architecture, Autocast, ModelConfig, ModelError, Precision};
 
 /// The sequence-mixing sublayer of one residual layer.
 #[derive(Debug)]
@@ -207,11 +207,15 @@ impl LanguageModel {
 
     /// Mean next-token cross-entropy in nats (f32), from a fresh state.
     ///
+    /// Logits are cast to f32 before the softmax: under bf16 autocast they arrive in bf16, whose
+    /// 8-bit significand would round the log-probabilities of a 32k vocabulary badly (and CPU
+    /// autocast would run log_softmax in bf16).
+    ///
     /// # Shapes
     /// - `tokens`, `targets`: `[batch, seq]` -> scalar
     pub fn loss(&self, tokens: &Tensor, targets: &Tensor, train: bool) -> Tensor {
-        let logits = self.logits(tokens, train);
-        logits.flatten(0, 1).cross_entropy_for_logits(&targets.flatten(0, 1))
+        let logits = self.logits(tokens, train).flatten(0, 1).to_kind(Kind::Float); // [batch * seq, vocab]
+        logits.cross_entropy_for_logits(&targets.flatten(0, 1))
     }
 
     /// `log p(token_i | tokens_<i)` in nats for i = 1.. (the first token has no prediction),
@@ -219,7 +223,15 @@ impl LanguageModel {
     /// short last window is padded to whole blocks; being causal, the padding changes nothing
     /// before it, and its outputs are dropped.
     pub fn score(&self, tokens: &[i64], device: tch::Device) -> Vec<f64> {
+        self.score_with_precision(tokens, device, Precision::F32).expect("f32 needs no autocast support")
+    }
+
+    /// [`Self::score`] with the forward passes at `precision` (the run's `train.precision`);
+    /// log-probabilities are computed in f32 either way. Errors only for bf16 on a device
+    /// without autocast.
+    pub fn score_with_precision(&self, tokens: &[i64], device: tch::Device, precision: Precision) -> Result<Vec<f64>, ModelError> {
         let _guard = tch::no_grad_guard();
+        let _autocast = Autocast::enter(device, precision)?;
         let mut state = LmState::default();
         let mut out = Vec::with_capacity(tokens.len().saturating_sub(1));
         let all = Tensor::from_slice(tokens).to_device(device);
@@ -231,13 +243,13 @@ impl LanguageModel {
             let inputs = all.narrow(0, start, len).constant_pad_nd([0, padded - len]).unsqueeze(0);
             let targets = all.narrow(0, start + 1, len);
             let logits = self.logits_with_state(&inputs, &mut state, false).squeeze_dim(0).narrow(0, 0, len);
-            let logp = logits.log_softmax(-1, Kind::Float);
+            let logp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
             let picked = logp.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
             out.extend(Vec::<f64>::try_from(picked.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("f64 scores"));
             state.detach();
             start += len;
         }
-        out
+        Ok(out)
     }
 }
 

@@ -169,7 +169,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
         })
         .collect::<Result<Vec<_>>>()?;
     files.extend(plot::render(&plot::loss_chart(&sweep.meta.name, curves, 20), &results_dir.join("loss_curves"))?);
-    let loaded = data.get(&sweep.runs[0].config.data)?;
+    let loaded = data.all();
     let report = report::markdown(&sweep, &records, &loaded, &["test_bpb.png".into(), "loss_curves.png".into()], &opts.command);
     let report_path = results_dir.join("report.md");
     run::write_atomic(&report_path, report.as_bytes())?;

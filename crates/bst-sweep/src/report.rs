@@ -1,6 +1,7 @@
 //! report.md and the console summary of a sweep.
 
 use std::fmt::Write as _;
+use std::rc::Rc;
 
 use crate::grid::Sweep;
 use crate::run::{LoadedData, RunRecord};
@@ -20,6 +21,10 @@ pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
     head.extend(sweep.grid_keys.iter().cloned());
     head.extend(["seed", "params", "tokens", "tok/s", "wall (s)", "valid bpb", "test bpb", "test ppl"].map(String::from));
     head.extend(factors.iter().map(|f| format!("test bpb {f}x len")));
+    let answers = records.iter().any(|r| r.test.answers.is_some());
+    if answers {
+        head.extend(["answer acc", "answer bits"].map(String::from));
+    }
     let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
     for r in records {
         let mut cells = vec![r.variant.clone()];
@@ -35,26 +40,40 @@ pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
             format!("{:.2}", r.test.ppl),
         ]);
         cells.extend(factors.iter().map(|f| r.longer.iter().find(|l| l.factor == *f).map_or(String::new(), |l| format!("{:.3}", l.test.bits_per_byte))));
+        if answers {
+            let a = r.test.answers.as_ref();
+            cells.extend([a.map_or(String::new(), |a| format!("{:.3}", a.accuracy)), a.map_or(String::new(), |a| format!("{:.2}", a.bits))]);
+        }
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out
 }
 
-/// Unigram baselines of the data, the bar every model must clear.
-pub fn data_summary(data: &LoadedData) -> String {
-    format!(
-        "Unigram entropy of the training bytes: {:.3} bits/byte. A unigram model fitted on train scores {:.3} bits/byte on test \
-         (train {:.2}M tokens, valid {:.2}M, test {:.2}M).",
-        data.unigram_entropy_bpb,
-        data.unigram_test_bpb,
-        data.train.len() as f64 / 1e6,
-        data.valid.len() as f64 / 1e6,
-        data.test.len() as f64 / 1e6,
-    )
+/// The data of the sweep (one paragraph per distinct data configuration), with the unigram
+/// baselines every model must clear.
+pub fn data_summary(data: &[Rc<LoadedData>]) -> String {
+    data.iter()
+        .map(|d| {
+            format!(
+                "Corpus `{}` ({}), tokenizer `{}` (data card: `{}`): train {:.2}M tokens, valid {:.2}M, test {:.2}M. \
+                 Unigram entropy of the training bytes: {:.3} bits/byte; a unigram model fitted on train scores {:.3} bits/byte on test.",
+                d.stats.corpus,
+                d.stats.corpus.describe(),
+                d.stats.tokenizer,
+                d.cache_dir.join("CARD.md").display(),
+                d.train.len() as f64 / 1e6,
+                d.valid.len() as f64 / 1e6,
+                d.test.len() as f64 / 1e6,
+                d.stats.unigram_entropy_bpb,
+                d.stats.unigram_test_bpb,
+            ) + &d.stats.answer_chance.map_or(String::new(), |c| format!(" Answer accuracy of a model without memory reaching the answers' sources (chance): {c:.3}."))
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// The whole report.md.
-pub fn markdown(sweep: &Sweep, records: &[RunRecord], data: &LoadedData, plots: &[String], command: &str) -> String {
+pub fn markdown(sweep: &Sweep, records: &[RunRecord], data: &[Rc<LoadedData>], plots: &[String], command: &str) -> String {
     let mut out = format!("# {}\n\n", sweep.meta.name);
     if !sweep.meta.description.is_empty() {
         let _ = writeln!(out, "{}\n", sweep.meta.description);
@@ -66,9 +85,43 @@ pub fn markdown(sweep: &Sweep, records: &[RunRecord], data: &LoadedData, plots: 
     let _ = writeln!(out, "## Data\n\n{}\n", data_summary(data));
     let _ = writeln!(out, "## Runs ({} of {} finished)\n\n{}", records.len(), sweep.runs.len(), table(sweep, records));
     let _ = writeln!(out, "bpb = bits per byte, ppl = perplexity per token; evaluation on {} tokens per split.\n", records.first().map_or(0, |r| r.test.tokens));
+    if let Some(spread) = params_spread(records.iter().map(|r| (r.variant.as_str(), r.params))) {
+        let _ = writeln!(out, "{spread}\n");
+    }
     let _ = writeln!(out, "## Plots\n");
     for p in plots {
         let _ = writeln!(out, "![{p}]({p})\n");
     }
     out
+}
+
+/// How far apart the sizes of the compared models are, in one sentence (the paper compares models
+/// of about the same size, so a difference in quality should be read against this); `None`
+/// without runs.
+pub fn params_spread<'a>(runs: impl IntoIterator<Item = (&'a str, usize)>) -> Option<String> {
+    let mut runs: Vec<(&str, usize)> = runs.into_iter().collect();
+    runs.sort_by_key(|&(variant, params)| (params, variant));
+    let (&(small, min), &(large, max)) = (runs.first()?, runs.last()?);
+    let m = |p: usize| format!("{:.2}M", p as f64 / 1e6);
+    Some(if min == max {
+        format!("Every run has {} parameters.", m(min))
+    } else {
+        format!("Parameters range from {} ({small}) to {} ({large}): the largest model has {:.0}% more than the smallest.", m(min), m(max), 100.0 * (max as f64 / min as f64 - 1.0))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_spread_names_the_smallest_and_largest() {
+        let runs = [("SLIDE", 860_000), ("BST:MF:UNSTRUCT", 1_070_000), ("GSS-HYBRID", 620_000), ("SLIDE", 860_000)];
+        assert_eq!(
+            params_spread(runs).unwrap(),
+            "Parameters range from 0.62M (GSS-HYBRID) to 1.07M (BST:MF:UNSTRUCT): the largest model has 73% more than the smallest."
+        );
+        assert_eq!(params_spread([("SLIDE", 860_000), ("SLIDE", 860_000)]).unwrap(), "Every run has 0.86M parameters.");
+        assert_eq!(params_spread([]), None);
+    }
 }

@@ -13,14 +13,18 @@ const METRICS: [&str; 19] = [
     "unigram_test_bpb", "git_commit", "device", "date", "run_id",
 ];
 
+/// Columns of a synthetic long-range task's answer scores (present when any run has them).
+const ANSWER_METRICS: [&str; 3] = ["test_answer_acc", "test_answer_bits", "test_answers"];
+
 /// The header of runs.csv for these grid keys and longer evaluation lengths (`test_bpb_x<factor>`).
-pub fn header(grid_keys: &[String], factors: &[usize]) -> Vec<String> {
+pub fn header(grid_keys: &[String], factors: &[usize], answers: bool) -> Vec<String> {
     let lead = ["variant".to_string()].into_iter().chain(grid_keys.iter().cloned()).chain(["seed".to_string()]);
     let longer = factors.iter().map(|f| format!("test_bpb_x{f}"));
-    lead.chain(METRICS.iter().map(|s| s.to_string())).chain(longer).collect()
+    let answer_cols = ANSWER_METRICS.iter().filter(|_| answers).map(|s| s.to_string());
+    lead.chain(METRICS.iter().map(|s| s.to_string())).chain(longer).chain(answer_cols).collect()
 }
 
-fn row(r: &RunRecord, grid_keys: &[String], factors: &[usize]) -> Vec<String> {
+fn row(r: &RunRecord, grid_keys: &[String], factors: &[usize], answers: bool) -> Vec<String> {
     let mut cells = vec![r.variant.clone()];
     cells.extend(grid_keys.iter().map(|k| r.point.get(k).cloned().unwrap_or_default()));
     cells.push(r.seed.to_string());
@@ -46,16 +50,21 @@ fn row(r: &RunRecord, grid_keys: &[String], factors: &[usize]) -> Vec<String> {
         r.run_id.clone(),
     ]);
     cells.extend(factors.iter().map(|f| r.longer.iter().find(|l| l.factor == *f).map(|l| format!("{:.4}", l.test.bits_per_byte)).unwrap_or_default()));
+    if answers {
+        let a = r.test.answers.as_ref();
+        cells.extend([a.map(|a| format!("{:.4}", a.accuracy)), a.map(|a| format!("{:.4}", a.bits)), a.map(|a| a.count.to_string())].map(Option::unwrap_or_default));
+    }
     cells
 }
 
 /// Writes runs.csv atomically from the finished runs, in grid order.
 pub fn write_csv(path: &Path, grid_keys: &[String], records: &[RunRecord]) -> Result<()> {
     let factors = crate::report::longer_factors(records);
+    let answers = records.iter().any(|r| r.test.answers.is_some());
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(header(grid_keys, &factors))?;
+    w.write_record(header(grid_keys, &factors, answers))?;
     for r in records {
-        w.write_record(row(r, grid_keys, &factors))?;
+        w.write_record(row(r, grid_keys, &factors, answers))?;
     }
     write_atomic(path, &w.into_inner()?)
 }

@@ -8,66 +8,49 @@
 //! crash after a periodic checkpoint) resumes from its last checkpoint on the next launch, and
 //! continues exactly as if it had not stopped.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use anyhow::{Context, Result};
-use bst_data::{ByteTokenizer, Corpus, DataConfig, TokenStream, Tokenizer, TokenizerKind};
-use bst_model::{checkpoint, evaluate, EvalMetrics, RunConfig, StepMetrics, Trainer};
+use bst_data::{DataConfig, PreparedData};
+use bst_model::{checkpoint, evaluate_with_precision, EvalMetrics, RunConfig, StepMetrics, Trainer};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use crate::grid::{point_map, RunSpec};
 use crate::provenance::Provenance;
 
-/// Tokenised splits of one data configuration, shared by every run that uses it.
-pub struct LoadedData {
-    pub train: TokenStream,
-    pub valid: TokenStream,
-    pub test: TokenStream,
-    pub vocab_size: usize,
-    /// Entropy of the training split's byte distribution (bits per byte).
-    pub unigram_entropy_bpb: f64,
-    /// Test bits per byte of the add-one-smoothed unigram model fitted on train.
-    pub unigram_test_bpb: f64,
-}
-
-impl LoadedData {
-    pub fn load(cfg: &DataConfig) -> Result<Self> {
-        let corpus = Corpus::load(cfg)?;
-        let tokenizer: Box<dyn Tokenizer> = match cfg.tokenizer {
-            TokenizerKind::Byte => Box::new(ByteTokenizer),
-        };
-        let train_bytes = corpus.train.concatenated();
-        Ok(Self {
-            unigram_entropy_bpb: bst_data::unigram::entropy_bits(&train_bytes),
-            unigram_test_bpb: bst_data::unigram::cross_entropy_bits(&train_bytes, &corpus.test.concatenated()),
-            train: corpus.train.tokenize(tokenizer.as_ref()),
-            valid: corpus.valid.tokenize(tokenizer.as_ref()),
-            test: corpus.test.tokenize(tokenizer.as_ref()),
-            vocab_size: tokenizer.vocab_size(),
-        })
-    }
-}
+/// Tokenised splits of one data configuration (shared by every run that uses it): the
+/// tokenizer, memory-mapped shards and the corpus statistics.
+pub type LoadedData = PreparedData;
 
 /// Loads each distinct data configuration once.
 #[derive(Default)]
 pub struct DataCache {
-    loaded: HashMap<String, Rc<LoadedData>>,
+    /// In the order first asked for, keyed by the configuration's JSON.
+    loaded: Vec<(String, Rc<LoadedData>)>,
 }
 
 impl DataCache {
     pub fn get(&mut self, cfg: &DataConfig) -> Result<Rc<LoadedData>> {
         let key = serde_json::to_string(cfg)?;
-        if let Some(data) = self.loaded.get(&key) {
+        if let Some((_, data)) = self.loaded.iter().find(|(k, _)| *k == key) {
             return Ok(data.clone());
         }
-        let data = Rc::new(LoadedData::load(cfg).with_context(|| format!("loading the {:?} corpus from {}", cfg.corpus, cfg.dir.display()))?);
-        self.loaded.insert(key, data.clone());
+        let data = LoadedData::load(cfg).with_context(|| format!("preparing the {} corpus from {}", cfg.corpus, cfg.dir.display()))?;
+        for why in &data.rebuilt {
+            eprintln!("[data] {} / {}: rebuilt {why}", cfg.corpus, cfg.tokenizer_name());
+        }
+        let data = Rc::new(data);
+        self.loaded.push((key, data.clone()));
         Ok(data)
+    }
+
+    /// Every data configuration loaded so far.
+    pub fn all(&self) -> Vec<Rc<LoadedData>> {
+        self.loaded.iter().map(|(_, d)| d.clone()).collect()
     }
 }
 
@@ -158,7 +141,7 @@ pub fn execute(
     write_atomic(&dir.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
 
     let vs = nn::VarStore::new(device);
-    let model = cfg.build_model(&vs.root(), data.vocab_size)?;
+    let model = cfg.build_model(&vs.root(), data.tokenizer.vocab_size())?;
     let params = bst_model::lm::parameter_count(&vs);
     let mut trainer = Trainer::new(&model, &vs, cfg);
     let ckpt = dir.join("checkpoint");
@@ -184,7 +167,7 @@ pub fn execute(
     }
     let outcome = outcome?;
     let t = &cfg.train;
-    let eval = |stream, factor: usize| evaluate(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device);
+    let eval = |stream, factor: usize| evaluate_with_precision(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device, t.precision);
     let longer = t.eval_length_factors.iter().skip(1).map(|&factor| Ok(LengthEval { factor, seq_len: t.seq_len * factor, test: eval(&data.test, factor)? })).collect::<Result<Vec<_>>>()?;
     let record = RunRecord {
         run_id: spec.run_id.clone(),
@@ -202,7 +185,7 @@ pub fn execute(
         test: eval(&data.test, 1)?,
         longer,
         resumed_from_step,
-        unigram_test_bpb: data.unigram_test_bpb,
+        unigram_test_bpb: data.stats.unigram_test_bpb,
         provenance: Provenance::now(device),
         config: cfg.clone(),
     };

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use bst_data::{ByteTokenizer, Tokenizer, TokenizerKind};
 use bst_model::{checkpoint, DeviceChoice, RunConfig};
 use clap::Parser;
 use tch::nn;
@@ -36,9 +35,7 @@ fn main() -> Result<()> {
     let config_path = args.run.join("config.toml");
     let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?)
         .with_context(|| format!("parsing {}", config_path.display()))?;
-    let tokenizer: Box<dyn Tokenizer> = match cfg.data.tokenizer {
-        TokenizerKind::Byte => Box::new(ByteTokenizer),
-    };
+    let tokenizer = bst_data::prepare::load_tokenizer(&cfg.data).with_context(|| format!("loading the {} tokenizer of {}", cfg.data.tokenizer_name(), config_path.display()))?;
     let device = args.device.resolve()?;
     let vs = nn::VarStore::new(device);
     let model = cfg.build_model(&vs.root(), tokenizer.vocab_size())?;
@@ -49,7 +46,7 @@ fn main() -> Result<()> {
     if ids.len() < 2 {
         bail!("the text needs at least two tokens");
     }
-    let scores = model.score(&ids, device);
+    let scores = model.score_with_precision(&ids, device, cfg.train.precision)?;
     println!("position\ttoken\tlogprob_nats\tbits");
     for (i, s) in scores.iter().enumerate() {
         let token = String::from_utf8_lossy(&tokenizer.decode(&ids[i + 1..i + 2])).escape_debug().to_string();
