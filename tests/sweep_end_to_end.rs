@@ -116,3 +116,59 @@ fn a_typo_fails_before_any_run_naming_file_key_and_choices() {
     assert!(err.contains("micro.toml") && err.contains("model.arch") && err.contains("BST:SH:S4D, BST:MH:S4D") && err.contains("SLIDE"), "{err}");
     assert!(!tmp.path().join("results").exists(), "nothing may be written before validation passes");
 }
+
+/// A classification sweep: a generated LRA task (ListOps) through the same grid, CSV and report,
+/// with accuracy columns and plot; a rerun reuses the finished runs (their result.json holds NaN
+/// bits per byte as null, which must read back).
+#[test]
+fn lra_micro_grid_reports_accuracy_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = r#"
+[sweep]
+name = "lra-micro"
+seeds = [0]
+[base]
+model.n_layers = 2
+model.d_model = 32
+model.n_heads = 2
+attn.window = 64
+train.steps = 3
+train.warmup_steps = 1
+train.batch_size = 8
+train.seq_len = 256
+train.eval_batch_size = 16
+lra.task = "listops"
+lra.seq_len = 256
+lra.listops = { min_len = 100 }
+lra.n_train = 32
+lra.n_valid = 16
+lra.n_test = 16
+[[variant]]
+name = "BST:SH:S4D"
+model.arch = "BST:SH:S4D"
+model.ssm_layers = [1]
+[[variant]]
+name = "SLIDE"
+model.arch = "SLIDE"
+"#;
+    let opts = options(tmp.path(), grid);
+    let first = run_sweep(&opts).unwrap();
+    assert_eq!((first.trained, first.reused), (2, 0));
+    let dir = tmp.path().join("results/lra-micro");
+    for f in ["runs.csv", "test_accuracy.png", "report.md"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    assert!(!dir.join("test_bpb.png").exists(), "no bits-per-byte plot for a classification sweep");
+    let (header, rows) = csv_rows(&dir.join("runs.csv"));
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"));
+    for row in &rows {
+        let acc: f64 = row[col("test_answer_acc")].parse().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert_eq!(&row[col("test_answers")], "16", "every test example is scored");
+        assert_eq!(&row[col("test_bpb")], "", "bits per byte do not apply");
+    }
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("test accuracy") && report.contains("majority-class accuracy"), "{report}");
+    let again = run_sweep(&opts).unwrap();
+    assert_eq!((again.trained, again.reused), (0, 2));
+}

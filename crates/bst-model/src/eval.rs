@@ -14,19 +14,27 @@ use crate::{Autocast, LanguageModel, LmState, ModelError, Precision};
 /// Scores of a model on (part of) one split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
-    /// Predicted tokens.
+    /// Predicted tokens (examples, for a classification run).
     pub tokens: usize,
-    /// Bytes of text those tokens encode.
+    /// Bytes of text those tokens encode (NaN for a classification run).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub bytes: f64,
     /// Mean negative log-likelihood, nats per token.
     pub loss: f64,
     /// exp(loss).
     pub ppl: f64,
     pub bits_per_token: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub bits_per_byte: f64,
-    /// Scores on the answer tokens alone, for a synthetic long-range task.
+    /// Scores on the answer tokens alone (or on the labels of a classification run), for a synthetic long-range task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answers: Option<AnswerMetrics>,
+}
+
+/// Reads an f64 that JSON may hold as `null`: serde_json writes NaN (a metric that does not apply,
+/// such as bits per byte of a classifier) as `null`.
+pub fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// How well the answers of a synthetic long-range task were predicted.

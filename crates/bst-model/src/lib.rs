@@ -6,6 +6,7 @@
 //! `model.ssm_layers`, which are BST layers. Logits are `[batch, seq, vocab]`.
 
 pub mod autocast; // Precision (train.precision) and the Autocast guard: bf16 autocast on CPU/CUDA via a C++ shim
+pub mod classifier; // sequence classification (LRA tasks) on any backbone: pooled states, head, train/eval
 pub mod checkpoint; // safetensors weights + optimiser moments + sampler state, checksummed, atomic
 pub mod config; // Architecture (paper names: BST:{SH,MH,MF}:{S4D,S4,UNSTRUCT}, SLIDE) and ModelConfig ([model])
 pub mod device; // DeviceChoice: auto | cpu | cuda[:N]
@@ -18,6 +19,7 @@ pub mod schedule; // learning rate: linear warmup then cosine decay
 pub mod train; // TrainConfig and Trainer: the training loop, resumable from checkpoints
 
 pub use autocast::{Autocast, Precision};
+pub use classifier::{evaluate_classifier, train_classifier, Classifier, ClassifyMetrics};
 pub use config::{Architecture, ModelConfig};
 pub use device::DeviceChoice;
 pub use error::ModelError;

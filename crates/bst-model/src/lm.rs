@@ -197,12 +197,25 @@ impl LanguageModel {
     /// # Shapes
     /// - `tokens`: `[batch, seq]` int64 -> `[batch, seq, vocab]`
     pub fn logits_with_state(&self, tokens: &Tensor, state: &mut LmState, train: bool) -> Tensor {
+        self.head.forward(&self.hidden_with_state(tokens, state, train))
+    }
+
+    /// Final (normalised) hidden states from a fresh state: what the next-token head reads, and
+    /// what a classifier pools.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]` int64 -> `[batch, seq, d_model]`
+    pub fn hidden(&self, tokens: &Tensor, train: bool) -> Tensor {
+        self.hidden_with_state(tokens, &mut LmState::default(), train)
+    }
+
+    fn hidden_with_state(&self, tokens: &Tensor, state: &mut LmState, train: bool) -> Tensor {
         state.layers.resize_with(self.layers.len(), || None);
         let mut xs = self.embed.forward(tokens).dropout(self.dropout, train); // [b, seq, d]
         for (layer, s) in self.layers.iter().zip(state.layers.iter_mut()) {
             xs = layer.forward(&xs, s, train);
         }
-        self.head.forward(&self.norm.forward(&xs))
+        self.norm.forward(&xs)
     }
 
     /// Mean next-token cross-entropy in nats (f32), from a fresh state.

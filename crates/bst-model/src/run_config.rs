@@ -2,6 +2,7 @@
 //! whole before anything starts.
 
 use bst_attn::{AttnConfig, HeadDims};
+use bst_data::lra::LraConfig;
 use bst_data::DataConfig;
 use bst_ssm::SsmConfig;
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,8 @@ use tch::nn;
 
 use crate::{Architecture, LanguageModel, ModelConfig, ModelError, TrainConfig};
 
-/// One run: `[model]`, `[attn]`, `[ssm]`, `[data]`, `[train]` and the seed.
+/// One run: `[model]`, `[attn]`, `[ssm]`, `[data]`, `[train]`, the seed, and for a Long Range
+/// Arena classification run, `[lra]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
@@ -20,6 +22,10 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// Seeds parameter initialisation, dropout and batch sampling.
     pub seed: u64,
+    /// When present, the run trains a classifier on this LRA-style task instead of a language
+    /// model on `[data]` (which Retrieval still reads for its documents).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lra: Option<LraConfig>,
 }
 
 impl RunConfig {
@@ -82,6 +88,15 @@ impl RunConfig {
         }
         if !(t.lr > 0.0) || !(0.0..=1.0).contains(&t.min_lr_ratio) {
             return Err(ModelError::invalid("train.lr", t.lr, "need lr > 0 and 0 <= min_lr_ratio <= 1"));
+        }
+        if let Some(lra) = &self.lra {
+            lra.validate()?;
+            if lra.seq_len() > t.seq_len {
+                return Err(ModelError::invalid("train.seq_len", t.seq_len, format!("must hold the {} inputs of lra.seq_len = {} (round up to a multiple of attn.window)", lra.task, lra.seq_len())));
+            }
+            if t.eval_length_factors != [1] {
+                return Err(ModelError::invalid("train.eval_length_factors", &t.eval_length_factors, "a classification run is evaluated at its own length only: use [1]"));
+            }
         }
         Ok(())
     }

@@ -94,7 +94,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     // Load every data configuration up front: a missing corpus fails before any training.
     let mut data = run::DataCache::default();
     for spec in &sweep.runs {
-        data.get(&spec.config.data)?;
+        data.for_run(&spec.config)?;
     }
     let results_dir = sweep.results_dir(&opts.results_root);
     std::fs::create_dir_all(results_dir.join("runs")).with_context(|| format!("creating {}", results_dir.display()))?;
@@ -112,7 +112,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     let mut interrupted = None;
     for spec in &sweep.runs {
         if let Some(record) = run::finished(&results_dir, spec) {
-            log(format!("{spec}: finished earlier, test bpb {:.3} (reused)", record.test.bits_per_byte));
+            log(format!("{spec}: finished earlier, {} (reused)", report::headline(&record)));
             records.push(record);
             reused += 1;
             overall.inc(1);
@@ -125,7 +125,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
         bar.set_style(step_style());
         bar.set_prefix(format!("run {}/{}", spec.index + 1, sweep.runs.len()));
         log(format!("{spec}: training {} ({} steps of {}x{} tokens)", spec.config.model.arch, spec.config.train.steps, spec.config.train.batch_size, spec.config.train.seq_len));
-        let loaded = data.get(&spec.config.data)?;
+        let loaded = data.for_run(&spec.config)?;
         let result = run::execute(spec, &loaded, &results_dir, device, &log, |m| {
             bar.set_position(m.step as u64 + 1);
             if m.step % 5 == 0 {
@@ -136,10 +136,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
         bar.finish_and_clear();
         match result {
             Ok(record) => {
-                log(format!(
-                    "{spec}: done in {:.0} s, {:.0} tok/s, valid bpb {:.3}, test bpb {:.3}",
-                    record.wall_s, record.tokens_per_s, record.valid.bits_per_byte, record.test.bits_per_byte
-                ));
+                log(format!("{spec}: done in {:.0} s, {:.0} tok/s, {}", record.wall_s, record.tokens_per_s, report::headline(&record)));
                 records.push(record);
                 trained += 1;
                 overall.inc(1);
@@ -160,7 +157,11 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     if let Some(run) = interrupted {
         bail!("interrupted during {run} (checkpoint saved): {} finished runs are in {}; rerun the same command to resume", records.len(), files[0].display());
     }
-    files.extend(plot::render(&plot::metric_chart(&sweep.meta.name, &records, plot_x.as_deref()), &results_dir.join("test_bpb"))?);
+    let mut plots = Vec::new();
+    for metric in plot::Metric::ALL.into_iter().filter(|m| records.iter().any(|r| m.of(&r.test).is_some())) {
+        files.extend(plot::render(&plot::metric_chart(&sweep.meta.name, &records, plot_x.as_deref(), metric), &results_dir.join(metric.file_stem()))?);
+        plots.push(format!("{}.png", metric.file_stem()));
+    }
     let curves = records
         .iter()
         .map(|r| {
@@ -169,11 +170,12 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
         })
         .collect::<Result<Vec<_>>>()?;
     files.extend(plot::render(&plot::loss_chart(&sweep.meta.name, curves, 20), &results_dir.join("loss_curves"))?);
-    let loaded = data.all();
-    let report = report::markdown(&sweep, &records, &loaded, &["test_bpb.png".into(), "loss_curves.png".into()], &opts.command);
+    plots.push("loss_curves.png".into());
+    let data_text = report::data_summary(&data.all(), &data.all_lra());
+    let report = report::markdown(&sweep, &records, &data_text, &plots, &opts.command);
     let report_path = results_dir.join("report.md");
     run::write_atomic(&report_path, report.as_bytes())?;
     files.push(report_path);
-    let summary = format!("{}\n{}\nWrote: {}", report::table(&sweep, &records), report::data_summary(&loaded), files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+    let summary = format!("{}\n{}\nWrote: {}", report::table(&sweep, &records), data_text, files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(SweepOutcome { sweep, results_dir, records, reused, trained, files, summary })
 }

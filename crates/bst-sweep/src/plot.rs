@@ -1,11 +1,14 @@
-//! Plots of a sweep, each written as PNG and SVG: the final test bits per byte of every variant
-//! against a grid axis, and the training-loss curves of every run.
+//! Plots of a sweep, each written as PNG and SVG: a final test metric of every variant (bits per
+//! byte; accuracy for tasks with answers or labels) against a grid axis, and the training-loss
+//! curves of every run.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+
+use bst_model::EvalMetrics;
 
 use crate::run::RunRecord;
 
@@ -101,9 +104,46 @@ pub fn render(chart: &Chart, stem: &Path) -> Result<Vec<PathBuf>> {
     Ok(vec![png, svg])
 }
 
-/// Test bits per byte of each variant (mean over seeds) against the values of grid key `x_key`
-/// (categorical positions), or against the variants when there is no such key.
-pub fn metric_chart(sweep_name: &str, records: &[RunRecord], x_key: Option<&str>) -> Chart {
+/// A per-run test score to plot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Test bits per byte (language models).
+    TestBpb,
+    /// Test accuracy on the answers of a synthetic task, or on the labels of a classification task.
+    AnswerAccuracy,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 2] = [Metric::TestBpb, Metric::AnswerAccuracy];
+
+    /// The value for one evaluation, if the metric applies to it.
+    pub fn of(self, m: &EvalMetrics) -> Option<f64> {
+        match self {
+            Metric::TestBpb => Some(m.bits_per_byte).filter(|v| v.is_finite()),
+            Metric::AnswerAccuracy => m.answers.as_ref().map(|a| a.accuracy),
+        }
+    }
+
+    /// File name of the chart, without extension.
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            Metric::TestBpb => "test_bpb",
+            Metric::AnswerAccuracy => "test_accuracy",
+        }
+    }
+
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Metric::TestBpb => ("test bits per byte (lower is better)", "test bits per byte"),
+            Metric::AnswerAccuracy => ("test accuracy on answers / labels (higher is better)", "test accuracy (fraction correct)"),
+        }
+    }
+}
+
+/// A test metric of each variant (mean over seeds) against the values of grid key `x_key`
+/// (categorical positions), or against the variants when there is no such key. Runs the metric
+/// does not apply to are left out.
+pub fn metric_chart(sweep_name: &str, records: &[RunRecord], x_key: Option<&str>, metric: Metric) -> Chart {
     let x_of = |r: &RunRecord| x_key.and_then(|k| r.point.get(k)).cloned().unwrap_or_else(|| r.variant.clone());
     let mut xs: Vec<String> = Vec::new();
     for r in records {
@@ -125,9 +165,10 @@ pub fn metric_chart(sweep_name: &str, records: &[RunRecord], x_key: Option<&str>
     for r in records {
         let label = series_of(r);
         let x = xs.iter().position(|v| *v == x_of(r)).unwrap() as f64;
+        let Some(y) = metric.of(&r.test) else { continue };
         match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push((x, r.test.bits_per_byte)),
-            None => series.push(Series { label, points: vec![(x, r.test.bits_per_byte)] }),
+            Some(s) => s.points.push((x, y)),
+            None => series.push(Series { label, points: vec![(x, y)] }),
         }
     }
     // the same runs evaluated at longer lengths, one more line per series and length
@@ -136,9 +177,10 @@ pub fn metric_chart(sweep_name: &str, records: &[RunRecord], x_key: Option<&str>
         let x = xs.iter().position(|v| *v == x_of(r)).unwrap() as f64;
         for l in &r.longer {
             let label = format!("{} @ {}x length", series_of(r), l.factor);
+            let Some(y) = metric.of(&l.test) else { continue };
             match longer.iter_mut().find(|s| s.label == label) {
-                Some(s) => s.points.push((x, l.test.bits_per_byte)),
-                None => longer.push(Series { label, points: vec![(x, l.test.bits_per_byte)] }),
+                Some(s) => s.points.push((x, y)),
+                None => longer.push(Series { label, points: vec![(x, y)] }),
             }
         }
     }
@@ -151,10 +193,11 @@ pub fn metric_chart(sweep_name: &str, records: &[RunRecord], x_key: Option<&str>
     for s in &mut series {
         s.points = mean_by_x(&s.points);
     }
+    let (title, y_desc) = metric.describe();
     Chart {
-        title: format!("{sweep_name}: test bits per byte (lower is better)"),
+        title: format!("{sweep_name}: {title}"),
         x_desc: x_key.unwrap_or("variant").to_string(),
-        y_desc: "test bits per byte".into(),
+        y_desc: y_desc.into(),
         series,
         x_labels: Some(xs),
     }

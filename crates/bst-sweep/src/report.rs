@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use crate::grid::Sweep;
+use bst_data::lra::LraDataset;
+
 use crate::run::{LoadedData, RunRecord};
 
 /// Longer evaluation lengths (multiples of the training length) present in any record.
@@ -23,7 +25,7 @@ pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
     head.extend(factors.iter().map(|f| format!("test bpb {f}x len")));
     let answers = records.iter().any(|r| r.test.answers.is_some());
     if answers {
-        head.extend(["answer acc", "answer bits"].map(String::from));
+        head.extend(["test accuracy", "bits per answer"].map(String::from));
     }
     let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
     for r in records {
@@ -35,9 +37,9 @@ pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
             format!("{:.2}M", r.tokens_seen as f64 / 1e6),
             format!("{:.0}", r.tokens_per_s),
             format!("{:.0}", r.wall_s),
-            format!("{:.3}", r.valid.bits_per_byte),
-            format!("{:.3}", r.test.bits_per_byte),
-            format!("{:.2}", r.test.ppl),
+            cell(r.valid.bits_per_byte, 3),
+            cell(r.test.bits_per_byte, 3),
+            cell(r.test.ppl, 2),
         ]);
         cells.extend(factors.iter().map(|f| r.longer.iter().find(|l| l.factor == *f).map_or(String::new(), |l| format!("{:.3}", l.test.bits_per_byte))));
         if answers {
@@ -49,31 +51,51 @@ pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
     out
 }
 
-/// The data of the sweep (one paragraph per distinct data configuration), with the unigram
-/// baselines every model must clear.
-pub fn data_summary(data: &[Rc<LoadedData>]) -> String {
-    data.iter()
-        .map(|d| {
-            format!(
-                "Corpus `{}` ({}), tokenizer `{}` (data card: `{}`): train {:.2}M tokens, valid {:.2}M, test {:.2}M. \
-                 Unigram entropy of the training bytes: {:.3} bits/byte; a unigram model fitted on train scores {:.3} bits/byte on test.",
-                d.stats.corpus,
-                d.stats.corpus.describe(),
-                d.stats.tokenizer,
-                d.cache_dir.join("CARD.md").display(),
-                d.train.len() as f64 / 1e6,
-                d.valid.len() as f64 / 1e6,
-                d.test.len() as f64 / 1e6,
-                d.stats.unigram_entropy_bpb,
-                d.stats.unigram_test_bpb,
-            ) + &d.stats.answer_chance.map_or(String::new(), |c| format!(" Answer accuracy of a model without memory reaching the answers' sources (chance): {c:.3}."))
-        })
-        .collect::<Vec<_>>()
-        .join("\n\n")
+/// The data of the sweep (one paragraph per distinct corpus or task), with the baselines every
+/// model must clear: unigram bits per byte for corpora, chance accuracy for tasks.
+pub fn data_summary(lm: &[Rc<LoadedData>], lra: &[Rc<LraDataset>]) -> String {
+    let corpora = lm.iter().map(|d| {
+        format!(
+            "Corpus `{}` ({}), tokenizer `{}` (data card: `{}`): train {:.2}M tokens, valid {:.2}M, test {:.2}M. \
+             Unigram entropy of the training bytes: {:.3} bits/byte; a unigram model fitted on train scores {:.3} bits/byte on test.",
+            d.stats.corpus,
+            d.stats.corpus.describe(),
+            d.stats.tokenizer,
+            d.cache_dir.join("CARD.md").display(),
+            d.train.len() as f64 / 1e6,
+            d.valid.len() as f64 / 1e6,
+            d.test.len() as f64 / 1e6,
+            d.stats.unigram_entropy_bpb,
+            d.stats.unigram_test_bpb,
+        ) + &d.stats.answer_chance.map_or(String::new(), |c| format!(" Answer accuracy of a model without memory reaching the answers' sources (chance): {c:.3}."))
+    });
+    let tasks = lra.iter().map(|d| {
+        let counts = bst_data::lra::label_counts(&d.test, d.num_classes);
+        let majority = *counts.iter().max().unwrap_or(&0) as f64 / d.test.len().max(1) as f64;
+        format!("{}\n  majority-class accuracy on test: {majority:.3}", d.summary())
+    });
+    corpora.chain(tasks).collect::<Vec<_>>().join("\n\n")
+}
+
+/// One line on a finished run: bits per byte for a language model, accuracy when it has answers.
+pub fn headline(r: &RunRecord) -> String {
+    let mut parts = Vec::new();
+    if r.test.bits_per_byte.is_finite() {
+        parts.push(format!("valid bpb {:.3}, test bpb {:.3}", r.valid.bits_per_byte, r.test.bits_per_byte));
+    }
+    if let (Some(v), Some(t)) = (&r.valid.answers, &r.test.answers) {
+        parts.push(format!("valid accuracy {:.3}, test accuracy {:.3}", v.accuracy, t.accuracy));
+    }
+    parts.join(", ")
+}
+
+/// A number for a table cell; empty where the metric does not apply (NaN).
+pub fn cell(v: f64, decimals: usize) -> String {
+    if v.is_finite() { format!("{v:.decimals$}") } else { String::new() }
 }
 
 /// The whole report.md.
-pub fn markdown(sweep: &Sweep, records: &[RunRecord], data: &[Rc<LoadedData>], plots: &[String], command: &str) -> String {
+pub fn markdown(sweep: &Sweep, records: &[RunRecord], data_text: &str, plots: &[String], command: &str) -> String {
     let mut out = format!("# {}\n\n", sweep.meta.name);
     if !sweep.meta.description.is_empty() {
         let _ = writeln!(out, "{}\n", sweep.meta.description);
@@ -82,9 +104,9 @@ pub fn markdown(sweep: &Sweep, records: &[RunRecord], data: &[Rc<LoadedData>], p
     if let Some(r) = records.last() {
         let _ = writeln!(out, "Last run: commit `{}`, device `{}`, {}. Every run's own provenance is in runs.csv.\n", r.provenance.git_commit, r.provenance.device, r.provenance.date);
     }
-    let _ = writeln!(out, "## Data\n\n{}\n", data_summary(data));
+    let _ = writeln!(out, "## Data\n\n{data_text}\n");
     let _ = writeln!(out, "## Runs ({} of {} finished)\n\n{}", records.len(), sweep.runs.len(), table(sweep, records));
-    let _ = writeln!(out, "bpb = bits per byte, ppl = perplexity per token; evaluation on {} tokens per split.\n", records.first().map_or(0, |r| r.test.tokens));
+    let _ = writeln!(out, "bpb = bits per byte, ppl = perplexity per token (per label for a classification task); evaluation on {} tokens (examples, for a classification task) per split.\n", records.first().map_or(0, |r| r.test.tokens));
     if let Some(spread) = params_spread(records.iter().map(|r| (r.variant.as_str(), r.params))) {
         let _ = writeln!(out, "{spread}\n");
     }

@@ -1,12 +1,12 @@
 //! Executing one run: data (loaded once per data configuration), model, training, evaluation,
 //! and the files of its run folder.
 //!
-//! `runs/<run_id>/` holds `config.toml` (the resolved configuration), `metrics.csv` (one row per
-//! optimiser step, written as training goes), `checkpoint/` (see `bst_model::checkpoint`; kept
-//! at the end for `bst-score`) and, once the run has finished, `result.json`. `result.json` is
-//! written atomically and is the only mark of a finished run. An interrupted run (Ctrl-C, or a
-//! crash after a periodic checkpoint) resumes from its last checkpoint on the next launch, and
-//! continues exactly as if it had not stopped.
+//! `runs/<run_id>/` holds `config.toml` (the resolved configuration), `tokenizer.json` (with a BPE
+//! tokenizer), `metrics.csv` (one row per optimiser step, written as training goes),
+//! `checkpoint/` (see `bst_model::checkpoint`; kept at the end for `bst-score`) and, once the
+//! run has finished, `result.json`. `result.json` is written atomically and is the only mark of a
+//! finished run. An interrupted run (Ctrl-C, or a crash after a periodic checkpoint) resumes from
+//! its last checkpoint on the next launch, and continues exactly as if it had not stopped.
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use anyhow::{Context, Result};
-use bst_data::{DataConfig, PreparedData};
-use bst_model::{checkpoint, evaluate_with_precision, EvalMetrics, RunConfig, StepMetrics, Trainer};
+use bst_data::lra::{LraConfig, LraDataset};
+use bst_data::{Corpus, DataConfig, PreparedData, SplitName};
+use bst_model::{checkpoint, evaluate_classifier, evaluate_with_precision, train_classifier, AnswerMetrics, Classifier, EvalMetrics, RunConfig, StepMetrics, TrainOutcome, Trainer};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
@@ -26,11 +27,21 @@ use crate::provenance::Provenance;
 /// tokenizer, memory-mapped shards and the corpus statistics.
 pub type LoadedData = PreparedData;
 
+/// The data one run trains on.
+#[derive(Clone)]
+pub enum RunData {
+    /// A language-modelling corpus.
+    Lm(Rc<LoadedData>),
+    /// A Long Range Arena-style classification task.
+    Lra(Rc<LraDataset>),
+}
+
 /// Loads each distinct data configuration once.
 #[derive(Default)]
 pub struct DataCache {
     /// In the order first asked for, keyed by the configuration's JSON.
     loaded: Vec<(String, Rc<LoadedData>)>,
+    lra: Vec<(String, Rc<LraDataset>)>,
 }
 
 impl DataCache {
@@ -48,9 +59,41 @@ impl DataCache {
         Ok(data)
     }
 
-    /// Every data configuration loaded so far.
+    /// The LRA task of a classification run (Retrieval pairs documents of `[data]`'s corpus).
+    fn get_lra(&mut self, lra: &LraConfig, corpus: &DataConfig) -> Result<Rc<LraDataset>> {
+        let key = serde_json::to_string(&(lra, corpus))?;
+        if let Some((_, data)) = self.lra.iter().find(|(k, _)| *k == key) {
+            return Ok(data.clone());
+        }
+        let context = || format!("preparing the {} task", lra.task);
+        let data = if lra.task.is_pair() {
+            let c = Corpus::load(corpus).with_context(context)?;
+            let docs: Vec<_> = [c.train, c.valid, c.test].into_iter().flat_map(|s| s.documents).collect();
+            LraDataset::retrieval(lra, &docs).with_context(context)?
+        } else {
+            LraDataset::load(lra).with_context(context)?
+        };
+        let data = Rc::new(data);
+        self.lra.push((key, data.clone()));
+        Ok(data)
+    }
+
+    /// What `cfg` trains on.
+    pub fn for_run(&mut self, cfg: &RunConfig) -> Result<RunData> {
+        Ok(match &cfg.lra {
+            Some(lra) => RunData::Lra(self.get_lra(lra, &cfg.data)?),
+            None => RunData::Lm(self.get(&cfg.data)?),
+        })
+    }
+
+    /// Every language-modelling corpus loaded so far.
     pub fn all(&self) -> Vec<Rc<LoadedData>> {
         self.loaded.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// Every LRA task loaded so far.
+    pub fn all_lra(&self) -> Vec<Rc<LraDataset>> {
+        self.lra.iter().map(|(_, d)| d.clone()).collect()
     }
 }
 
@@ -75,6 +118,7 @@ pub struct RunRecord {
     pub longer: Vec<LengthEval>,
     /// The run continued from a checkpoint of an earlier launch.
     pub resumed_from_step: Option<usize>,
+    #[serde(deserialize_with = "bst_model::eval::f64_or_nan")]
     pub unigram_test_bpb: f64,
     pub provenance: Provenance,
     pub config: RunConfig,
@@ -86,6 +130,40 @@ pub struct LengthEval {
     pub factor: usize,
     pub seq_len: usize,
     pub test: EvalMetrics,
+}
+
+/// The evaluations of a finished run.
+struct Scores {
+    valid: EvalMetrics,
+    test: EvalMetrics,
+    longer: Vec<LengthEval>,
+    unigram_test_bpb: f64,
+}
+
+impl RunRecord {
+    fn new(spec: &RunSpec, params: usize, outcome: &TrainOutcome, scores: Scores, resumed_from_step: Option<usize>, device: Device) -> Self {
+        let cfg = &spec.config;
+        Self {
+            run_id: spec.run_id.clone(),
+            variant: spec.variant.clone(),
+            point: point_map(spec),
+            seed: cfg.seed,
+            arch: cfg.model.arch.to_string(),
+            params,
+            steps: outcome.steps,
+            tokens_seen: outcome.tokens_seen,
+            wall_s: outcome.wall_s,
+            tokens_per_s: outcome.tokens_seen as f64 / outcome.wall_s,
+            final_train_loss: outcome.final_loss,
+            valid: scores.valid,
+            test: scores.test,
+            longer: scores.longer,
+            resumed_from_step,
+            unigram_test_bpb: scores.unigram_test_bpb,
+            provenance: Provenance::now(device),
+            config: cfg.clone(),
+        }
+    }
 }
 
 /// The folder of one run.
@@ -129,17 +207,53 @@ fn open_metrics(path: &Path, step: usize) -> Result<std::io::BufWriter<std::fs::
 /// `log` reports a resume.
 pub fn execute(
     spec: &RunSpec,
-    data: &LoadedData,
+    data: &RunData,
     results_dir: &Path,
     device: Device,
     log: &dyn Fn(String),
-    mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
+    on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
 ) -> Result<RunRecord> {
-    let cfg = &spec.config;
     let dir = run_dir(results_dir, &spec.run_id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_atomic(&dir.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
+    write_atomic(&dir.join("config.toml"), toml::to_string_pretty(&spec.config)?.as_bytes())?;
+    let record = match data {
+        RunData::Lm(data) => execute_lm(spec, data, &dir, device, log, on_step)?,
+        RunData::Lra(data) => execute_lra(spec, data, &dir, device, on_step)?,
+    };
+    write_atomic(&dir.join("result.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    Ok(record)
+}
 
+/// Writes each step to metrics.csv before passing it on; a write error stops the run and is kept.
+fn logging_steps<'a>(
+    metrics: &'a mut std::io::BufWriter<std::fs::File>,
+    io_error: &'a mut Option<std::io::Error>,
+    mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()> + 'a,
+) -> impl FnMut(&StepMetrics) -> ControlFlow<()> + 'a {
+    move |m| {
+        if let Err(e) = writeln!(metrics, "{},{},{},{},{},{:.3},{:.1}", m.step, m.loss, m.lr, m.grad_norm, m.tokens_seen, m.elapsed_s, m.tokens_per_s) {
+            *io_error = Some(e);
+            return ControlFlow::Break(());
+        }
+        on_step(m)
+    }
+}
+
+/// A language model: train (or resume) on the corpus, evaluate at every evaluation length.
+fn execute_lm(
+    spec: &RunSpec,
+    data: &LoadedData,
+    dir: &Path,
+    device: Device,
+    log: &dyn Fn(String),
+    on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
+) -> Result<RunRecord> {
+    let cfg = &spec.config;
+    // A trained BPE belongs with the run, so that bst-score works even after data/ is refetched.
+    let bpe = data.cache_dir.join("tokenizer.json");
+    if bpe.exists() {
+        write_atomic(&dir.join("tokenizer.json"), &std::fs::read(&bpe).with_context(|| format!("reading {}", bpe.display()))?)?;
+    }
     let vs = nn::VarStore::new(device);
     let model = cfg.build_model(&vs.root(), data.tokenizer.vocab_size())?;
     let params = bst_model::lm::parameter_count(&vs);
@@ -154,13 +268,7 @@ pub fn execute(
     };
     let mut metrics = open_metrics(&dir.join("metrics.csv"), trainer.step())?;
     let mut io_error = None;
-    let outcome = trainer.run(&data.train, Some(&ckpt), |m| {
-        if let Err(e) = writeln!(metrics, "{},{},{},{},{},{:.3},{:.1}", m.step, m.loss, m.lr, m.grad_norm, m.tokens_seen, m.elapsed_s, m.tokens_per_s) {
-            io_error = Some(e);
-            return ControlFlow::Break(());
-        }
-        on_step(m)
-    });
+    let outcome = trainer.run(&data.train, Some(&ckpt), logging_steps(&mut metrics, &mut io_error, on_step));
     metrics.flush()?;
     if let Some(e) = io_error {
         return Err(e).context("writing metrics.csv");
@@ -169,26 +277,32 @@ pub fn execute(
     let t = &cfg.train;
     let eval = |stream, factor: usize| evaluate_with_precision(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device, t.precision);
     let longer = t.eval_length_factors.iter().skip(1).map(|&factor| Ok(LengthEval { factor, seq_len: t.seq_len * factor, test: eval(&data.test, factor)? })).collect::<Result<Vec<_>>>()?;
-    let record = RunRecord {
-        run_id: spec.run_id.clone(),
-        variant: spec.variant.clone(),
-        point: point_map(spec),
-        seed: cfg.seed,
-        arch: cfg.model.arch.to_string(),
-        params,
-        steps: outcome.steps,
-        tokens_seen: outcome.tokens_seen,
-        wall_s: outcome.wall_s,
-        tokens_per_s: outcome.tokens_seen as f64 / outcome.wall_s,
-        final_train_loss: outcome.final_loss,
-        valid: eval(&data.valid, 1)?,
-        test: eval(&data.test, 1)?,
-        longer,
-        resumed_from_step,
-        unigram_test_bpb: data.stats.unigram_test_bpb,
-        provenance: Provenance::now(device),
-        config: cfg.clone(),
+    let scores = Scores { valid: eval(&data.valid, 1)?, test: eval(&data.test, 1)?, longer, unigram_test_bpb: data.stats.unigram_test_bpb };
+    Ok(RunRecord::new(spec, params, &outcome, scores, resumed_from_step, device))
+}
+
+/// A classifier on an LRA task: train from scratch (no mid-run checkpoint), evaluate accuracy.
+/// Its valid/test metrics hold the cross-entropy per example and, as `answers`, the accuracy;
+/// bits per byte do not apply (NaN).
+fn execute_lra(spec: &RunSpec, data: &LraDataset, dir: &Path, device: Device, on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<RunRecord> {
+    let cfg = &spec.config;
+    let vs = nn::VarStore::new(device);
+    let model = Classifier::new(&vs.root(), cfg, data)?;
+    let params = bst_model::lm::parameter_count(&vs);
+    let mut metrics = open_metrics(&dir.join("metrics.csv"), 0)?;
+    let mut io_error = None;
+    let outcome = train_classifier(&model, &vs, cfg, data, logging_steps(&mut metrics, &mut io_error, on_step));
+    metrics.flush()?;
+    if let Some(e) = io_error {
+        return Err(e).context("writing metrics.csv");
+    }
+    let outcome = outcome?;
+    let eval = |split| -> Result<EvalMetrics> {
+        let c = evaluate_classifier(&model, data, split, cfg, device)?;
+        let bits = c.loss / std::f64::consts::LN_2;
+        let answers = Some(AnswerMetrics { count: c.examples, accuracy: c.accuracy, bits });
+        Ok(EvalMetrics { tokens: c.examples, bytes: f64::NAN, loss: c.loss, ppl: c.loss.exp(), bits_per_token: bits, bits_per_byte: f64::NAN, answers })
     };
-    write_atomic(&dir.join("result.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
-    Ok(record)
+    let scores = Scores { valid: eval(SplitName::Valid)?, test: eval(SplitName::Test)?, longer: Vec::new(), unigram_test_bpb: f64::NAN };
+    Ok(RunRecord::new(spec, params, &outcome, scores, None, device))
 }

@@ -79,6 +79,11 @@ impl LraTask {
     }
 
     /// Whether the examples are generated (and so the split sizes are free to choose).
+    /// Whether an example is a pair of documents (Retrieval), classified by a dual encoder.
+    pub fn is_pair(self) -> bool {
+        self == LraTask::Retrieval
+    }
+
     pub fn is_generated(self) -> bool {
         matches!(self, LraTask::ListOps | LraTask::Pathfinder | LraTask::Retrieval)
     }

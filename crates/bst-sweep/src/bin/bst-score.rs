@@ -35,7 +35,12 @@ fn main() -> Result<()> {
     let config_path = args.run.join("config.toml");
     let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?)
         .with_context(|| format!("parsing {}", config_path.display()))?;
-    let tokenizer = bst_data::prepare::load_tokenizer(&cfg.data).with_context(|| format!("loading the {} tokenizer of {}", cfg.data.tokenizer_name(), config_path.display()))?;
+    let saved = args.run.join("tokenizer.json");
+    let tokenizer: Box<dyn bst_data::Tokenizer> = if saved.exists() {
+        Box::new(bst_data::BpeTokenizer::load(&saved)?)
+    } else {
+        bst_data::prepare::load_tokenizer(&cfg.data).with_context(|| format!("loading the {} tokenizer of {}", cfg.data.tokenizer_name(), config_path.display()))?
+    };
     let device = args.device.resolve()?;
     let vs = nn::VarStore::new(device);
     let model = cfg.build_model(&vs.root(), tokenizer.vocab_size())?;
