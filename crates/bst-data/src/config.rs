@@ -18,13 +18,16 @@ pub enum CorpusKind {
     Latex,
     /// GitHub stand-in: Rust standard library and compiler sources (`code/`).
     Code,
+    /// Another GitHub stand-in: the Go standard library without tests (`code_go/`, fetched by
+    /// `scripts/fetch_data.sh data code_go`).
+    CodeGo,
     /// A generated long-range task (`data.synthetic`): answers that only a model remembering more
     /// than 2W bytes back can predict.
     Synthetic,
 }
 
 impl CorpusKind {
-    /// The real corpora (fetched, not generated).
+    /// The real corpora fetched by default (not generated; `code_go` is an optional fetch).
     pub const REAL: [CorpusKind; 3] = [CorpusKind::Books, CorpusKind::Latex, CorpusKind::Code];
 
     /// Folder under `data.dir` (for the real corpora, the fetch step that fills it).
@@ -33,6 +36,7 @@ impl CorpusKind {
             CorpusKind::Books => "books",
             CorpusKind::Latex => "latex",
             CorpusKind::Code => "code",
+            CorpusKind::CodeGo => "code_go",
             CorpusKind::Synthetic => "synthetic",
         }
     }
@@ -42,7 +46,7 @@ impl CorpusKind {
         match self {
             CorpusKind::Books => "PG19",
             CorpusKind::Latex => "arXiv",
-            CorpusKind::Code => "GitHub",
+            CorpusKind::Code | CorpusKind::CodeGo => "GitHub",
             CorpusKind::Synthetic => "none",
         }
     }

@@ -98,7 +98,7 @@ impl Corpus {
         cfg.validate()?;
         let root = cfg.dir.join(cfg.corpus.folder());
         let raw = read_documents(cfg.corpus, &root)?;
-        let cap = (cfg.corpus == CorpusKind::Code).then_some(CODE_MAX_FILE_BYTES);
+        let cap = matches!(cfg.corpus, CorpusKind::Code | CorpusKind::CodeGo).then_some(CODE_MAX_FILE_BYTES);
         let (documents, cleaning) = clean(raw, cap);
         let [train, valid, test] = split_by_document(documents, cfg.valid_fraction, cfg.test_fraction);
         for split in [&train, &valid, &test] {
@@ -134,6 +134,7 @@ fn read_documents(kind: CorpusKind, root: &Path) -> Result<Vec<Document>, DataEr
         }
         CorpusKind::Latex => docs.extend(read_tree(root, &root.join("files"), &["tex", "dtx", "ltx"])?),
         CorpusKind::Code => docs.extend(read_tree(root, &root.join("files"), &["rs"])?),
+        CorpusKind::CodeGo => docs.extend(read_tree(root, &root.join("files"), &["go"])?),
         CorpusKind::Synthetic => return Err(DataError::NoDocuments { path: root.to_owned(), reason: "the synthetic task is generated, not read: use PreparedData::load".into() }),
     }
     if docs.is_empty() {

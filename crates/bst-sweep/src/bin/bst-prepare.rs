@@ -1,4 +1,4 @@
-//! `bst-prepare [--corpus books|latex|code|all] [--tokenizer byte|bpe] [--vocab-size N]`:
+//! `bst-prepare [--corpus books|latex|code|code-go|all] [--tokenizer byte|bpe] [--vocab-size N]`:
 //! prepares corpora ahead of a sweep (trains the BPE on the training split, writes the token
 //! shards and the data card under `<data dir>/cache/`) and prints each data card. Sweeps do the
 //! same on demand; this only lets the (minutes-long, for a 32K BPE) preparation happen first.
@@ -15,6 +15,7 @@ enum CorpusArg {
     Books,
     Latex,
     Code,
+    CodeGo,
     All,
 }
 
@@ -48,6 +49,7 @@ fn main() -> Result<()> {
         CorpusArg::Books => vec![CorpusKind::Books],
         CorpusArg::Latex => vec![CorpusKind::Latex],
         CorpusArg::Code => vec![CorpusKind::Code],
+        CorpusArg::CodeGo => vec![CorpusKind::CodeGo],
         CorpusArg::All => CorpusKind::REAL.to_vec(),
     };
     let tokenizer = match args.tokenizer {
