@@ -18,6 +18,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::optimizer::AdamW;
+use crate::train::step_seed;
 use crate::{lr_at, Autocast, LanguageModel, ModelError, RunConfig, StepMetrics, TrainOutcome};
 
 /// A backbone with a classification head.
@@ -109,7 +110,7 @@ pub fn train_classifier(model: &Classifier, vs: &nn::VarStore, run: &RunConfig, 
         opt.zero_grad();
         let mut loss_sum = 0.0;
         for micro in 0..t.grad_accum {
-            tch::manual_seed((run.seed.wrapping_mul(1_000_003) as i64 + (step * 64 + micro) as i64) & 0x7fff_ffff_ffff);
+            tch::manual_seed(step_seed(run.seed, step, micro));
             let batch = sampler.next_batch(data)?;
             let (loss, _) = {
                 let _autocast = Autocast::enter(device, t.precision)?;

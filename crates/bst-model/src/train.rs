@@ -109,7 +109,7 @@ pub struct TrainOutcome {
 
 /// The seed of libtorch's RNG (dropout) for one micro-batch: a function of the run seed and the
 /// position in training only, so that a resumed run draws the same masks.
-fn step_seed(seed: u64, step: usize, micro: usize) -> i64 {
+pub(crate) fn step_seed(seed: u64, step: usize, micro: usize) -> i64 {
     (seed.wrapping_mul(1_000_003).wrapping_add((step * 64 + micro) as u64) & 0x7fff_ffff_ffff) as i64
 }
 
