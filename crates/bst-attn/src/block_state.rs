@@ -20,7 +20,9 @@
 //! - **MF**: S separate SSM filters; block k takes each filter's output at the last token of block
 //!   k-1, stacked as S states (block 0 gets a learned initial context, *choice*), plus learned
 //!   context IDs since the states have no order. Every state comes from the past, so no mask.
-//!   S is independent of W.
+//!   S is independent of W (the paper's appendix pseudocode uses S = 32). Each filter is a whole
+//!   bank of d/4 kernels, so MF's kernel parameters grow with S: with explicit unstructured taps
+//!   that is S x d/4 x L, which is why paper-scale profiles use implicit unstructured filters.
 //! The cross-attention has no position embedding: the convolution outputs already carry position.
 
 use tch::{nn, nn::Module, Kind, Tensor};

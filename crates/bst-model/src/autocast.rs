@@ -225,7 +225,7 @@ impl Drop for Autocast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bst_ssm::{causal_fft_conv, SsmConfig, SsmConv, SsmKind};
+    use bst_ssm::{causal_fft_conv, SsmConfig, SsmConv, SsmKind, UnstructuredFilter};
     use tch::{nn, nn::Module, Tensor};
 
     const CPU: Device = Device::Cpu;
@@ -331,22 +331,25 @@ mod tests {
     }
 
     /// SSM kernel generation (S4D's Vandermonde product, S4's Cauchy/Woodbury solve, the smoothed
-    /// unstructured taps) and a whole SSM convolution are unaffected by bf16 autocast when fed f32.
+    /// unstructured taps, the implicit filters' dense map) and a whole SSM convolution are
+    /// unaffected by bf16 autocast when fed f32.
     #[test]
     fn ssm_kernels_and_convolution_are_not_downcast() {
-        for kind in [SsmKind::S4d, SsmKind::S4, SsmKind::Unstructured] {
+        let (explicit, implicit) = (UnstructuredFilter::Explicit, UnstructuredFilter::Implicit);
+        for (kind, filter) in [(SsmKind::S4d, explicit), (SsmKind::S4, explicit), (SsmKind::Unstructured, explicit), (SsmKind::Unstructured, implicit)] {
             tch::manual_seed(4);
             let vs = nn::VarStore::new(CPU);
-            let cfg = SsmConfig { state_size: 16, proj_factor: 1, ..SsmConfig::default() };
+            let cfg = SsmConfig { state_size: 16, proj_factor: 1, unstructured_filter: filter, ..SsmConfig::default() };
             let conv = SsmConv::new(&vs.root(), 4, 2, kind, &cfg, 256).unwrap();
             let u = Tensor::randn([2, 4, 256], (Kind::Float, CPU));
             let (k32, y32) = (conv.kernel(256, true), conv.forward_t(&u, true));
             let _bf16 = Autocast::enter(CPU, Precision::Bf16).unwrap();
             let (k, y) = (conv.kernel(256, true), conv.forward_t(&u, true));
-            assert_eq!((k.kind(), y.kind()), (Kind::Float, Kind::Float), "{kind:?}");
+            let kind = format!("{kind:?}/{filter:?}");
+            assert_eq!((k.kind(), y.kind()), (Kind::Float, Kind::Float), "{kind}");
             let rel = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-12);
-            assert!(rel(&k, &k32) < 1e-6, "{kind:?}: kernel under autocast differs by {} (relative)", rel(&k, &k32));
-            assert!(rel(&y, &y32) < 1e-6, "{kind:?}: convolution under autocast differs by {} (relative)", rel(&y, &y32));
+            assert!(rel(&k, &k32) < 1e-6, "{kind}: kernel under autocast differs by {} (relative)", rel(&k, &k32));
+            assert!(rel(&y, &y32) < 1e-6, "{kind}: convolution under autocast differs by {} (relative)", rel(&y, &y32));
         }
     }
 

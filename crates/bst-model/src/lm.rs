@@ -292,11 +292,15 @@ mod tests {
     ];
 
     fn model(arch: &str, ssm_layers: &[usize]) -> (nn::VarStore, LanguageModel) {
+        model_with(arch, ssm_layers, &SsmConfig::default())
+    }
+
+    fn model_with(arch: &str, ssm_layers: &[usize], ssm: &SsmConfig) -> (nn::VarStore, LanguageModel) {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, ssm_layers: ssm_layers.to_vec(), context_states: 4, recurrent_layer: -1, memory_len: 32, ..ModelConfig::default() };
         let attn = AttnConfig { window: 8, ..AttnConfig::default() };
-        let lm = LanguageModel::new(&vs.root(), &cfg, &attn, &SsmConfig::default(), 256, 32).unwrap();
+        let lm = LanguageModel::new(&vs.root(), &cfg, &attn, ssm, 256, 32).unwrap();
         (vs, lm)
     }
 
@@ -306,8 +310,10 @@ mod tests {
     /// 1e-5 with logits of 5, against changes of 3-6 at t itself); a real leak is of order 1.
     #[test]
     fn every_architecture_is_causal_end_to_end() {
-        for (arch, layers) in ARCHS.iter().cloned() {
-            let (_vs, lm) = model(arch, layers);
+        let implicit = SsmConfig { unstructured_filter: bst_ssm::UnstructuredFilter::Implicit, ..SsmConfig::default() };
+        let models = ARCHS.iter().map(|&(arch, layers)| (arch, layers, SsmConfig::default())).chain([("BST:MF:UNSTRUCT", &[1][..], implicit)]);
+        for (arch, layers, ssm) in models {
+            let (_vs, lm) = model_with(arch, layers, &ssm);
             let tokens = Tensor::randint(256, [2, 32], (Kind::Int64, Device::Cpu));
             let logits = lm.logits(&tokens, false);
             assert_eq!(logits.size(), vec![2, 32, 256]);

@@ -2,8 +2,8 @@
 //! differences between models that its comparisons rely on.
 //!
 //! Scale (`experiments/models.toml`, profile `gpu`): 12 layers, d_model 1024, 8 heads, MLP 4096,
-//! W = 512, L = 4096, S4 N = 16 with the d/4 projection, BST layers {1, 7, 9}, S = 512 context
-//! states, BRECT's recurrent layer at -3, XL memory 2048. Vocabulary 32128, meliad's
+//! W = 512, L = 4096, S4 N = 16 with the d/4 projection, BST layers {1, 7, 9}, MF's S = 32
+//! filters, BRECT's 512 recurrent states at layer -3, XL memory 2048. Vocabulary 32128, meliad's
 //! `pg19_tokens.gin` (the paper: "32k").
 //!
 //! **Accounting.** Our LM has an output head of its own (`head`: vocab x d + bias, 32.9M); meliad,
@@ -19,23 +19,35 @@
 //! parameters, and LayerNorm/Linear biases, +0.14M). Every model inherits that base, so the
 //! tolerance is that 3.2% plus the rounding, and is the same for all models.
 //!
-//! **Status.** SLIDE, TRSF-XL, BRECT:FIXED:SKIP, BST:SH:S4 and BST:SH:UNSTRUCT agree. BST:MH and
-//! BST:MF do not (see [`multi_head_and_multi_filter_totals_match_the_paper`], ignored, which
-//! fails): our MH adds almost nothing to SH (paper: +16M), and our MF gives each of the S = 512
-//! context states a whole bank of d/4 kernels, so its kernel parameters grow with S (MF:S4 +54M
-//! over SH, MF:UNSTRUCT 1.85B in all), whereas the paper's MF adds the same 15M to SH for S4 and
-//! for unstructured kernels. The Params column of the paper's BST rows is recalled, not confirmed
-//! (`bst-paper-notes.md` tags it R), which is one more reason these are reported, not tuned away.
-//! GSS-HYBRID-L (373M) is Mehta et al.'s own larger configuration, not our GSS-HYBRID on this
-//! backbone (169.8M), so it is not compared.
+//! **BST:MH and BST:MF** follow the paper's appendix pseudocode (BST appendix, "JAX
+//! implementation"; reproduced in public code, tagged R in `bst-paper-notes.md`): MH convolves
+//! with one filter bank per head (its only lift to the heads is our per-head key/value map, the
+//! same size as SH's shared one); MF convolves with S filter banks,
+//! **S = 32** there (`num_states = 32`, not W), and its unstructured filters are generated,
+//! `h = exp(-alpha t) * dense(positional_emb(t))`, so they cost no L taps per filter. At that S
+//! and with implicit filters (`ssm.unstructured_filter = "implicit"`), our MH and MF add 0.1-1.4%
+//! to SH; the paper adds 7-8% (MH:S4 218M, MF:S4 217M, MF:UNSTRUCT 221M against SH 202M/206M).
+//! Nothing in the paper's text or pseudocode accounts for its extra ~15M (H separate C matrices
+//! at N = 16 over d/4 channels are 0.1M for three layers; the pseudocode's MH has no projection
+//! at all), and that Params column is recalled, not confirmed. So the test that binds is the one
+//! the comparisons need: MH and MF add parameters to SH, no more than the paper's variants do
+//! ([`multi_head_and_multi_filter_are_matched_to_single_head`]); the totals against the recalled
+//! column are printed by an ignored test that fails by -7% to -10% (MH:S4 199.0M, MF:S4 201.6M,
+//! MF:UNSTRUCT 199.3M, tied)
+//! ([`multi_head_and_multi_filter_totals_against_the_recalled_column`]).
+//!
+//! With explicit filters or S = 512, MF would not be comparable: each filter is a whole bank of
+//! d/4 kernels, so S = 512 explicit filters of L = 4096 taps are 1.8B parameters (MF:S4 at
+//! S = 512: 252M). GSS-HYBRID-L (373M) is Mehta et al.'s own larger configuration, not our
+//! GSS-HYBRID on this backbone (169.8M), so it is not compared.
 //!
 //! Building one ~220M model takes ~2.5 s on 2 CPU cores (random initialisation of ~0.9 GB), so
-//! each model is built once, one at a time, and dropped; BST:MF:UNSTRUCT (1.85B parameters at
-//! L = 4096) is not built but counted from two small builds, its count being affine in L.
+//! each model is built once, one at a time, and dropped.
 
 use std::sync::OnceLock;
 
 use bst_model::{lm::parameter_count, RunConfig};
+use bst_ssm::UnstructuredFilter;
 use tch::{nn, Device};
 
 const VOCAB: usize = 32_128;
@@ -59,17 +71,26 @@ fn paper(arch: &str) -> f64 {
     PAPER.iter().find(|(a, _)| *a == arch).expect("a model of Table 1").1
 }
 
-/// The `gpu` profile of experiments/models.toml for `arch`, with training length `seq_len` and
-/// window `window` (the paper's: 4096 and 512).
-fn config(arch: &str, seq_len: usize, window: usize) -> RunConfig {
+/// MF's number of filters (context states) in the paper's appendix pseudocode.
+const MF_STATES: usize = 32;
+
+/// A model as counted: its paper name and how its unstructured filters are parameterised.
+type Model = (&'static str, UnstructuredFilter);
+const EXPLICIT: UnstructuredFilter = UnstructuredFilter::Explicit;
+const IMPLICIT: UnstructuredFilter = UnstructuredFilter::Implicit;
+
+/// The `gpu` profile of experiments/models.toml for `arch` (unstructured filters as given), with
+/// training length `seq_len` and window `window` (the paper's: 4096 and 512).
+fn config((arch, filter): Model, seq_len: usize, window: usize) -> RunConfig {
     let mut cfg = RunConfig::default(); // 12 layers, d 1024, 8 heads, MLP x4, N = 16, d/4
     cfg.model.arch = arch.parse().unwrap();
     if arch.starts_with("BST") {
         cfg.model.ssm_layers = vec![1, 7, 9];
     }
-    cfg.model.context_states = 512;
+    cfg.model.context_states = if arch.starts_with("BST:MF") { MF_STATES } else { 512 };
     cfg.model.recurrent_layer = -3;
     cfg.model.memory_len = 2048;
+    cfg.ssm.unstructured_filter = filter;
     cfg.attn.window = window;
     cfg.train.seq_len = seq_len;
     cfg
@@ -91,23 +112,47 @@ fn count(cfg: &RunConfig) -> Count {
     Count { total, tied: total - head }
 }
 
-/// The models built at the paper's scale, counted once for all tests (one at a time).
-fn counts() -> &'static Vec<(&'static str, Count)> {
-    static COUNTS: OnceLock<Vec<(&'static str, Count)>> = OnceLock::new();
+/// The models counted, each built once at the paper's scale for all tests (one at a time).
+const MODELS: [Model; 10] = [
+    ("SLIDE", EXPLICIT),
+    ("TRSF-XL", EXPLICIT),
+    ("BRECT:FIXED:SKIP", EXPLICIT),
+    ("BST:SH:S4", EXPLICIT),
+    ("BST:MH:S4", EXPLICIT),
+    ("BST:MF:S4", EXPLICIT),
+    ("BST:SH:UNSTRUCT", EXPLICIT),
+    ("BST:SH:UNSTRUCT", IMPLICIT),
+    ("BST:MH:UNSTRUCT", IMPLICIT),
+    ("BST:MF:UNSTRUCT", IMPLICIT),
+];
+
+fn counts() -> &'static Vec<(Model, Count)> {
+    static COUNTS: OnceLock<Vec<(Model, Count)>> = OnceLock::new();
     COUNTS.get_or_init(|| {
-        ["SLIDE", "TRSF-XL", "BRECT:FIXED:SKIP", "BST:SH:S4", "BST:SH:UNSTRUCT", "BST:MH:S4", "BST:MF:S4"]
+        MODELS
             .into_iter()
-            .map(|arch| {
-                let c = count(&config(arch, 4096, 512));
-                eprintln!("{arch:<18} {:>7.1}M  tied {:>7.1}M  paper {:>5.0}M", c.total as f64 / 1e6, c.tied as f64 / 1e6, paper(arch) / 1e6);
-                (arch, c)
+            .map(|model| {
+                let c = count(&config(model, 4096, 512));
+                let paper = PAPER.iter().find(|(a, _)| *a == model.0).map_or("-".to_string(), |(_, p)| format!("{:.0}M", p / 1e6));
+                eprintln!("{:<18} {:<9} {:>7.1}M  tied {:>7.1}M  paper {paper:>5}", model.0, format!("{:?}", model.1), c.total as f64 / 1e6, c.tied as f64 / 1e6);
+                (model, c)
             })
             .collect()
     })
 }
 
+/// The count of `arch`; unstructured filters explicit unless `arch` is only counted implicit.
 fn of(arch: &str) -> Count {
-    counts().iter().find(|(a, _)| *a == arch).unwrap_or_else(|| panic!("{arch} is not counted")).1
+    of_with(arch, EXPLICIT)
+}
+
+fn of_with(arch: &str, filter: UnstructuredFilter) -> Count {
+    let kernels_differ = arch.ends_with("UNSTRUCT");
+    counts()
+        .iter()
+        .find(|((a, f), _)| *a == arch && (*f == filter || !kernels_differ))
+        .unwrap_or_else(|| panic!("{arch} ({filter:?}) is not counted"))
+        .1
 }
 
 /// `Err` with the numbers when `arch`'s tied count is off the paper's by more than [`TOLERANCE`].
@@ -162,22 +207,33 @@ fn differences_between_models_are_the_papers() {
     assert!((3_000_000..=5_000_000).contains(&unstruct), "UNSTRUCT - S4 = {unstruct}");
 }
 
-/// BST:MH and BST:MF against Table 1. Fails: see the module docs. MF:UNSTRUCT is counted from
-/// builds at L = 1 and 2 (W = 1; nothing but unstructured taps depends on L or W), checked on
-/// SH:UNSTRUCT against its full build.
+/// What the paper's comparisons of SH, MH and MF need: MH and MF cost more than SH of the same
+/// kernel family, and no more than the paper's variants do (MH:S4 +7.9%, MF:S4 +7.4%,
+/// MF:UNSTRUCT +7.3% over its SH). Unstructured filters are implicit, as in the GPU profiles.
 #[test]
-#[ignore = "known gap: our BST:MH adds ~0.7M to SH (paper +16M); our BST:MF has S = 512 kernel banks (MF:S4 252M tied vs 217M, MF:UNSTRUCT 1.8B vs 221M)"]
-fn multi_head_and_multi_filter_totals_match_the_paper() {
-    let at_length = |arch: &str, len: usize| {
-        let (a, b) = (count(&config(arch, 1, 1)).tied as i64, count(&config(arch, 2, 1)).tied as i64);
-        (a + (len as i64 - 1) * (b - a)) as usize
-    };
-    assert_eq!(at_length("BST:SH:UNSTRUCT", 4096), of("BST:SH:UNSTRUCT").tied, "the count is not affine in L");
-    let mf_unstruct = at_length("BST:MF:UNSTRUCT", 4096);
-    eprintln!("BST:MF:UNSTRUCT    tied {:>7.1}M  paper {:>5.0}M", mf_unstruct as f64 / 1e6, paper("BST:MF:UNSTRUCT") / 1e6);
-    let failures: Vec<String> = [("BST:MH:S4", of("BST:MH:S4").tied), ("BST:MF:S4", of("BST:MF:S4").tied), ("BST:MF:UNSTRUCT", mf_unstruct)]
+fn multi_head_and_multi_filter_are_matched_to_single_head() {
+    let most = 1.0 + (paper("BST:MH:S4") / paper("BST:SH:S4") - 1.0).max(paper("BST:MF:UNSTRUCT") / paper("BST:SH:UNSTRUCT") - 1.0);
+    let pairs = [
+        ("BST:MH:S4", "BST:SH:S4", EXPLICIT),
+        ("BST:MF:S4", "BST:SH:S4", EXPLICIT),
+        ("BST:MH:UNSTRUCT", "BST:SH:UNSTRUCT", IMPLICIT),
+        ("BST:MF:UNSTRUCT", "BST:SH:UNSTRUCT", IMPLICIT),
+    ];
+    for (variant, sh, filter) in pairs {
+        let ratio = of_with(variant, filter).total as f64 / of_with(sh, filter).total as f64;
+        eprintln!("{variant} / {sh}: {:+.2}%", 100.0 * (ratio - 1.0));
+        assert!(ratio > 1.0 && ratio <= most, "{variant} has {ratio:.4} x the parameters of {sh}; the paper's variants at most {most:.4} x");
+    }
+}
+
+/// BST:MH and BST:MF against the recalled Params column of Table 1. Fails by -7% to -10%: see
+/// the module docs.
+#[test]
+#[ignore = "known gap to the paper's recalled counts: MH/MF add 0.1-1.4% to SH here, 7-8% in the paper, by parameters the paper does not describe"]
+fn multi_head_and_multi_filter_totals_against_the_recalled_column() {
+    let failures: Vec<String> = [("BST:MH:S4", EXPLICIT), ("BST:MF:S4", EXPLICIT), ("BST:MF:UNSTRUCT", IMPLICIT)]
         .into_iter()
-        .filter_map(|(arch, tied)| compare(arch, tied).err())
+        .filter_map(|(arch, filter)| compare(arch, of_with(arch, filter).tied).err())
         .collect();
     assert!(failures.is_empty(), "beyond {}%:\n{}", 100.0 * TOLERANCE, failures.join("\n"));
 }

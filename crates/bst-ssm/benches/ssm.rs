@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bst_ssm::vandermonde::{diagonal_kernel, diagonal_kernel_naive};
-use bst_ssm::{causal_fft_conv, direct_causal_conv, S4dKernel, SsmConfig, SsmConv, SsmKind, SsmSublayer};
+use bst_ssm::{causal_fft_conv, direct_causal_conv, S4dKernel, SsmConfig, SsmConv, SsmKind, SsmSublayer, UnstructuredFilter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -41,19 +41,22 @@ fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
 fn sublayer(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("ssm_sublayer_d{D_MODEL}"));
     group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
-    for kind in [SsmKind::S4d, SsmKind::S4, SsmKind::Unstructured] {
+    let (explicit, implicit) = (UnstructuredFilter::Explicit, UnstructuredFilter::Implicit);
+    for (kind, filter) in [(SsmKind::S4d, explicit), (SsmKind::S4, explicit), (SsmKind::Unstructured, explicit), (SsmKind::Unstructured, implicit)] {
         let vs = nn::VarStore::new(device());
         let max_len = *LENGTHS.last().unwrap() as usize;
-        let layer = SsmSublayer::new(&vs.root(), D_MODEL, D_MODEL, 1, kind, &SsmConfig::default(), max_len).unwrap();
+        let cfg = SsmConfig { unstructured_filter: filter, ..SsmConfig::default() };
+        let layer = SsmSublayer::new(&vs.root(), D_MODEL, D_MODEL, 1, kind, &cfg, max_len).unwrap();
+        let kind = if kind == SsmKind::Unstructured { format!("{kind:?}{filter:?}") } else { format!("{kind:?}") };
         for seq in LENGTHS {
             let xs = Tensor::randn([1, seq, D_MODEL as i64], (Kind::Float, device()));
             group.throughput(Throughput::Elements(seq as u64));
-            group.bench_with_input(BenchmarkId::new(format!("{kind:?}/forward"), seq), &seq, |b, _| {
+            group.bench_with_input(BenchmarkId::new(format!("{kind}/forward"), seq), &seq, |b, _| {
                 b.iter_custom(|n| timed(n, || {
                     drop(tch::no_grad(|| layer.forward_t(&xs, true)));
                 }))
             });
-            group.bench_with_input(BenchmarkId::new(format!("{kind:?}/forward+backward"), seq), &seq, |b, _| {
+            group.bench_with_input(BenchmarkId::new(format!("{kind}/forward+backward"), seq), &seq, |b, _| {
                 b.iter_custom(|n| timed(n, || {
                     let xs = xs.copy().set_requires_grad(true);
                     layer.forward_t(&xs, true).sum(Kind::Float).backward();

@@ -36,6 +36,20 @@ pub enum Discretization {
     Bilinear,
 }
 
+/// How an unstructured (UNSTRUCT) filter is parameterised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnstructuredFilter {
+    /// One learned value per tap, smoothed and squashed (Fu et al. 2023): `L` parameters per
+    /// channel, zero past the training length.
+    Explicit,
+    /// Taps generated from positional features by a dense map under a decaying envelope (the
+    /// paper's appendix pseudocode, Hyena-style): `filter_features + 1` parameters per channel at
+    /// any length. Use it for BST:MF:UNSTRUCT at scale, whose S filters would otherwise cost
+    /// `S x channels x L` parameters.
+    Implicit,
+}
+
 /// Hyper-parameters of the SSM sublayer; each kernel family reads the ones it uses. Defaults are
 /// the paper's (N = 16, d/4 projection), s4d.py's (dt in [1e-3, 1e-1]) and Fu et al.'s (7-tap
 /// smoothing, soft-threshold squash).
@@ -63,6 +77,11 @@ pub struct SsmConfig {
     pub squash: f64,
     /// Unstructured: width of the moving-average smoothing of the taps (odd; 1 = off).
     pub smooth_window: usize,
+    /// Unstructured: explicit taps or an implicit filter (`"explicit"`, `"implicit"`).
+    pub unstructured_filter: UnstructuredFilter,
+    /// Unstructured, implicit: positional features per tap (`t` plus a cosine and a sine at each
+    /// of `(filter_features - 1) / 2` frequencies); odd, >= 3 (Hyena's `emb_dim`).
+    pub filter_features: usize,
 }
 
 impl Default for SsmConfig {
@@ -77,6 +96,8 @@ impl Default for SsmConfig {
             lr_scale: 0.25,
             squash: 1e-3,
             smooth_window: 7,
+            unstructured_filter: UnstructuredFilter::Explicit,
+            filter_features: 33,
         }
     }
 }
@@ -107,6 +128,9 @@ impl SsmConfig {
         }
         if self.smooth_window % 2 == 0 {
             return Err(SsmError::invalid("smooth_window", self.smooth_window, "must be odd (1 = no smoothing)"));
+        }
+        if self.filter_features < 3 || self.filter_features % 2 == 0 {
+            return Err(SsmError::invalid("filter_features", self.filter_features, "must be odd and >= 3 (t plus a cosine and a sine per frequency)"));
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 //!
 //! An SSM maps a whole sequence `u: [batch, channels, seq]` to a same-length output by a causal
 //! convolution `y = K * u + D u`, whose kernel `K = (CB̄, CĀB̄, …, CĀ^{L-1}B̄)` is generated from a few
-//! parameters (S4D, S4) or learned tap by tap (unstructured), and applied with an FFT in
-//! O(L log L). S4D and S4 also run as recurrences, one token at a time. Shapes are
+//! parameters (S4D, S4) or, unstructured, learned tap by tap or generated from positional
+//! features, and applied with an FFT in O(L log L). S4D and S4 also run as recurrences, one token at a time. Shapes are
 //! `[batch, channels, seq]` inside the kernels and `[batch, seq, d_model]` at the sublayer boundary.
 
 pub mod config; // SsmConfig and the kernel-family / init / discretisation choices
@@ -11,6 +11,7 @@ pub mod error; // SsmError: invalid configurations, unsupported modes
 pub mod fft_conv; // causal FFT convolution (zero-padded to 2L) and its O(L^2) direct reference
 pub mod gss; // Gated State Space layer (GSS-HYBRID baseline)
 pub mod hippo; // HiPPO-LegS and its normal-plus-low-rank decomposition
+pub mod implicit_filter; // unstructured filters generated from positional features (BST appendix, Hyena)
 pub mod long_conv; // unstructured explicit filters with smoothing and squash (Fu et al. 2023)
 pub mod recurrence; // step mode: diagonal and dense discretised systems and their state
 pub mod s4; // S4: DPLR kernel via Cauchy kernel + Woodbury at the roots of unity
@@ -19,10 +20,11 @@ pub mod ssm_conv; // a bank of SSM convolutions with D skip, eval cache, conv an
 pub mod sublayer; // the BST SSM sublayer: project down, SSM, GELU, project up
 pub mod vandermonde; // chunked Vandermonde products for diagonal kernels
 
-pub use config::{Discretization, S4dInit, SsmConfig, SsmKind};
+pub use config::{Discretization, S4dInit, SsmConfig, SsmKind, UnstructuredFilter};
 pub use error::SsmError;
 pub use fft_conv::{causal_fft_conv, direct_causal_conv};
 pub use gss::GssLayer;
+pub use implicit_filter::ImplicitFilterKernel;
 pub use long_conv::LongConvKernel;
 pub use recurrence::{Recurrence, SsmState};
 pub use s4::S4Kernel;

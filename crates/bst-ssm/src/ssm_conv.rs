@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use tch::{nn, Tensor};
 
-use crate::{causal_fft_conv, LongConvKernel, Recurrence, S4Kernel, S4dKernel, SsmConfig, SsmError, SsmKind, SsmState};
+use crate::{causal_fft_conv, ImplicitFilterKernel, LongConvKernel, Recurrence, S4Kernel, S4dKernel, SsmConfig, SsmError, SsmKind, SsmState, UnstructuredFilter};
 
 /// The kernel generator of one family.
 #[derive(Debug)]
@@ -21,6 +21,7 @@ enum Kernel {
     S4d(S4dKernel),
     S4(S4Kernel),
     Unstructured(LongConvKernel),
+    Implicit(ImplicitFilterKernel),
 }
 
 impl Kernel {
@@ -29,6 +30,7 @@ impl Kernel {
             Kernel::S4d(k) => k.kernel(seq),
             Kernel::S4(k) => k.kernel(seq),
             Kernel::Unstructured(k) => k.kernel(seq),
+            Kernel::Implicit(k) => k.kernel(seq),
         }
     }
 }
@@ -55,7 +57,10 @@ impl SsmConv {
         let kernel = match kind {
             SsmKind::S4d => Kernel::S4d(S4dKernel::new(&(vs / "s4d"), all, cfg)?),
             SsmKind::S4 => Kernel::S4(S4Kernel::new(&(vs / "s4"), all, cfg)?),
-            SsmKind::Unstructured => Kernel::Unstructured(LongConvKernel::new(&(vs / "long_conv"), all, max_len, cfg)?),
+            SsmKind::Unstructured => match cfg.unstructured_filter {
+                UnstructuredFilter::Explicit => Kernel::Unstructured(LongConvKernel::new(&(vs / "long_conv"), all, max_len, cfg)?),
+                UnstructuredFilter::Implicit => Kernel::Implicit(ImplicitFilterKernel::new(&(vs / "implicit_filter"), all, max_len, cfg)?),
+            },
         };
         let d = vs.var("d", &[all as i64], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
         Ok(Self { kernel, kind, d, channels: channels as i64, banks: banks as i64, cache: Mutex::new(None) })
@@ -108,7 +113,7 @@ impl SsmConv {
         match &self.kernel {
             Kernel::S4d(k) => Ok(k.recurrence()),
             Kernel::S4(k) => Ok(k.recurrence()),
-            Kernel::Unstructured(_) => Err(SsmError::NoRecurrentMode { kind: self.kind }),
+            Kernel::Unstructured(_) | Kernel::Implicit(_) => Err(SsmError::NoRecurrentMode { kind: self.kind }),
         }
     }
 
@@ -130,12 +135,18 @@ mod tests {
     use crate::direct_causal_conv;
     use tch::{Device, Kind};
 
-    const KINDS: [SsmKind; 3] = [SsmKind::S4d, SsmKind::S4, SsmKind::Unstructured];
+    /// Every kernel family, unstructured with both filter parameterisations.
+    const KINDS: [(SsmKind, UnstructuredFilter); 4] = [
+        (SsmKind::S4d, UnstructuredFilter::Explicit),
+        (SsmKind::S4, UnstructuredFilter::Explicit),
+        (SsmKind::Unstructured, UnstructuredFilter::Explicit),
+        (SsmKind::Unstructured, UnstructuredFilter::Implicit),
+    ];
 
-    fn layer(kind: SsmKind, banks: usize) -> (nn::VarStore, SsmConv) {
+    fn layer((kind, filter): (SsmKind, UnstructuredFilter), banks: usize) -> (nn::VarStore, SsmConv) {
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = SsmConfig { state_size: 8, proj_factor: 1, ..SsmConfig::default() };
+        let cfg = SsmConfig { state_size: 8, proj_factor: 1, unstructured_filter: filter, ..SsmConfig::default() };
         let conv = SsmConv::new(&vs.root(), 3, banks, kind, &cfg, 40).unwrap();
         (vs, conv)
     }
@@ -157,7 +168,7 @@ mod tests {
 
     #[test]
     fn recurrent_mode_equals_convolution_mode() {
-        for kind in [SsmKind::S4d, SsmKind::S4] {
+        for kind in [KINDS[0], KINDS[1]] {
             let (_vs, conv) = layer(kind, 2);
             let u = Tensor::randn([2, 3, 33], (Kind::Float, Device::Cpu));
             let y_conv = conv.forward_t(&u, false);
@@ -169,8 +180,10 @@ mod tests {
             let scale = y_conv.abs().max().double_value(&[]);
             assert!(err / scale < 1e-3, "{kind:?}: recurrent and convolution modes differ by {err} (scale {scale})");
         }
-        let (_vs, conv) = layer(SsmKind::Unstructured, 1);
-        assert!(matches!(conv.recurrence(), Err(SsmError::NoRecurrentMode { .. })));
+        for kind in [KINDS[2], KINDS[3]] {
+            let (_vs, conv) = layer(kind, 1);
+            assert!(matches!(conv.recurrence(), Err(SsmError::NoRecurrentMode { .. })));
+        }
     }
 
     #[test]
@@ -210,7 +223,7 @@ mod tests {
 
     #[test]
     fn eval_kernel_is_cached_under_no_grad_until_a_training_forward() {
-        let (vs, conv) = layer(SsmKind::S4d, 1);
+        let (vs, conv) = layer(KINDS[0], 1);
         let eval = |seq| tch::no_grad(|| conv.kernel(seq, false));
         let k1 = eval(16);
         let k2 = eval(16);
