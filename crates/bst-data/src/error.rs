@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub enum DataError {
     #[error("corpus file {path} not found: run scripts/setup.sh (or scripts/fetch_data.sh data) to fetch it")]
     Missing { path: PathBuf },
-    #[error("reading {path}: {source}")]
+    #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: no documents found ({reason})")]
     NoDocuments { path: PathBuf, reason: String },

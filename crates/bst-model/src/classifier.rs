@@ -18,8 +18,8 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::optimizer::AdamW;
-use crate::train::step_seed;
-use crate::{lr_at, Autocast, LanguageModel, ModelError, RunConfig, StepMetrics, TrainOutcome};
+use crate::train::optimizer_step;
+use crate::{Autocast, LanguageModel, ModelError, RunConfig, StepMetrics, TrainOutcome};
 
 /// A backbone with a classification head.
 #[derive(Debug)]
@@ -106,32 +106,15 @@ pub fn train_classifier(model: &Classifier, vs: &nn::VarStore, run: &RunConfig, 
     let start = Instant::now();
     let (mut tokens_seen, mut last_loss) = (0, f64::NAN);
     for step in 0..t.steps {
-        let lr = lr_at(step, t);
-        opt.zero_grad();
-        let mut loss_sum = 0.0;
-        for micro in 0..t.grad_accum {
-            tch::manual_seed(step_seed(run.seed, step, micro));
+        let done = optimizer_step(&mut opt, run, device, step, "the classification loss", || {
             let batch = sampler.next_batch(data)?;
-            let (loss, _) = {
-                let _autocast = Autocast::enter(device, t.precision)?;
-                model.loss_and_correct(&batch, device, true)
-            };
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                return Err(ModelError::NonFinite { step, what: "the classification loss".into(), value });
-            }
-            (loss / t.grad_accum as f64).backward();
-            loss_sum += value / t.grad_accum as f64;
-            tokens_seen += batch.size() * t.seq_len * if batch.pair.is_some() { 2 } else { 1 };
-        }
-        let norm = opt.grad_norm(step)?;
-        if t.grad_clip > 0.0 && norm > t.grad_clip {
-            opt.scale_grads(t.grad_clip / (norm + 1e-6));
-        }
-        opt.step(lr, t.weight_decay);
-        last_loss = loss_sum;
+            let tokens = batch.size() * t.seq_len * if batch.pair.is_some() { 2 } else { 1 };
+            Ok((model.loss_and_correct(&batch, device, true).0, tokens))
+        })?;
+        tokens_seen += done.tokens;
+        last_loss = done.loss;
         let elapsed_s = start.elapsed().as_secs_f64();
-        let m = StepMetrics { step, loss: loss_sum, lr, grad_norm: norm, tokens_seen, elapsed_s, tokens_per_s: tokens_seen as f64 / elapsed_s };
+        let m = StepMetrics { step, loss: done.loss, lr: done.lr, grad_norm: done.grad_norm, tokens_seen, elapsed_s, tokens_per_s: tokens_seen as f64 / elapsed_s };
         if on_step(&m).is_break() {
             return Err(ModelError::Interrupted { step });
         }

@@ -109,8 +109,56 @@ pub struct TrainOutcome {
 
 /// The seed of libtorch's RNG (dropout) for one micro-batch: a function of the run seed and the
 /// position in training only, so that a resumed run draws the same masks.
-pub(crate) fn step_seed(seed: u64, step: usize, micro: usize) -> i64 {
+fn step_seed(seed: u64, step: usize, micro: usize) -> i64 {
     (seed.wrapping_mul(1_000_003).wrapping_add((step * 64 + micro) as u64) & 0x7fff_ffff_ffff) as i64
+}
+
+/// What one optimiser step did.
+pub(crate) struct StepDone {
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Tokens the micro-batches processed.
+    pub tokens: usize,
+}
+
+/// One optimiser step at `step`, shared by every kind of training: `train.grad_accum`
+/// micro-batches, each seeded by the position in training, its forward (`forward`, returning the
+/// mean loss and the tokens processed) under autocast and its backward outside it, in the dtypes
+/// the forward recorded, into f32 gradients of the f32 weights. A non-finite loss stops the run,
+/// naming `what`. Then gradient clipping and AdamW at the scheduled learning rate.
+pub(crate) fn optimizer_step(
+    opt: &mut AdamW,
+    run: &RunConfig,
+    device: Device,
+    step: usize,
+    what: &str,
+    mut forward: impl FnMut() -> Result<(tch::Tensor, usize), ModelError>,
+) -> Result<StepDone, ModelError> {
+    let t = &run.train;
+    let lr = lr_at(step, t);
+    opt.zero_grad();
+    let (mut loss_sum, mut tokens) = (0.0, 0);
+    for micro in 0..t.grad_accum {
+        tch::manual_seed(step_seed(run.seed, step, micro));
+        let (loss, n) = {
+            let _autocast = Autocast::enter(device, t.precision)?;
+            forward()?
+        };
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(ModelError::NonFinite { step, what: what.into(), value });
+        }
+        (loss / t.grad_accum as f64).backward();
+        loss_sum += value / t.grad_accum as f64;
+        tokens += n;
+    }
+    let grad_norm = opt.grad_norm(step)?;
+    if t.grad_clip > 0.0 && grad_norm > t.grad_clip {
+        opt.scale_grads(t.grad_clip / (grad_norm + 1e-6));
+    }
+    opt.step(lr, t.weight_decay);
+    Ok(StepDone { loss: loss_sum, lr, grad_norm, tokens })
 }
 
 /// A training run in progress: model, optimiser, sampler and position.
@@ -175,35 +223,17 @@ impl<'a> Trainer<'a> {
         let mut loss_value = f64::NAN;
         while self.step < cfg.steps {
             let step = self.step;
-            let lr = lr_at(step, cfg);
-            self.opt.zero_grad();
-            let mut loss_sum = 0.0;
-            for micro in 0..cfg.grad_accum {
-                tch::manual_seed(step_seed(self.run.seed, step, micro));
-                let (inputs, targets) = self.batcher.next_batch(stream)?;
-                let loss = {
-                    // forward and loss under autocast; backward (below) outside it, in the dtypes
-                    // the forward recorded, into f32 gradients of the f32 weights
-                    let _autocast = Autocast::enter(device, cfg.precision)?;
-                    self.model.loss(&inputs.to_device(device), &targets.to_device(device), true)
-                };
-                let value = loss.double_value(&[]);
-                if !value.is_finite() {
-                    return Err(ModelError::NonFinite { step, what: "the training loss".into(), value });
-                }
-                (loss / cfg.grad_accum as f64).backward();
-                loss_sum += value / cfg.grad_accum as f64;
-            }
-            loss_value = loss_sum;
-            let norm = self.opt.grad_norm(step)?;
-            if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-                self.opt.scale_grads(cfg.grad_clip / (norm + 1e-6));
-            }
-            self.opt.step(lr, cfg.weight_decay);
+            let (model, batcher) = (self.model, &mut self.batcher);
+            let done = optimizer_step(&mut self.opt, self.run, device, step, "the training loss", || {
+                let (inputs, targets) = batcher.next_batch(stream)?;
+                let tokens = inputs.numel();
+                Ok((model.loss(&inputs.to_device(device), &targets.to_device(device), true), tokens))
+            })?;
+            loss_value = done.loss;
             self.step += 1;
-            self.tokens_seen += cfg.grad_accum * cfg.batch_size * cfg.seq_len;
+            self.tokens_seen += done.tokens;
             let now = elapsed(self.elapsed_before);
-            let metrics = StepMetrics { step, loss: loss_value, lr, grad_norm: norm, tokens_seen: self.tokens_seen, elapsed_s: now, tokens_per_s: self.tokens_seen as f64 / now };
+            let metrics = StepMetrics { step, loss: loss_value, lr: done.lr, grad_norm: done.grad_norm, tokens_seen: self.tokens_seen, elapsed_s: now, tokens_per_s: self.tokens_seen as f64 / now };
             let stop = on_step(&metrics).is_break();
             if let Some(dir) = checkpoint_dir {
                 let periodic = cfg.checkpoint_every > 0 && self.step % cfg.checkpoint_every == 0;

@@ -98,7 +98,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     }
     let results_dir = sweep.results_dir(&opts.results_root);
     std::fs::create_dir_all(results_dir.join("runs")).with_context(|| format!("creating {}", results_dir.display()))?;
-    run::write_atomic(&results_dir.join("sweep.toml"), &std::fs::read(&opts.file)?)?;
+    bst_data::shard::write_atomically(&results_dir.join("sweep.toml"), &std::fs::read(&opts.file)?)?;
     let csv_path = results_dir.join("runs.csv");
 
     let bars = MultiProgress::with_draw_target(if opts.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
@@ -174,7 +174,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     let data_text = report::data_summary(&data.all(), &data.all_lra());
     let report = report::markdown(&sweep, &records, &data_text, &plots, &opts.command);
     let report_path = results_dir.join("report.md");
-    run::write_atomic(&report_path, report.as_bytes())?;
+    bst_data::shard::write_atomically(&report_path, report.as_bytes())?;
     files.push(report_path);
     let summary = format!("{}\n{}\nWrote: {}", report::table(&sweep, &records), data_text, files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(SweepOutcome { sweep, results_dir, records, reused, trained, files, summary })

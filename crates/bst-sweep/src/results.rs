@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use anyhow::Result;
+use bst_data::shard::write_atomically;
 
-use crate::run::{write_atomic, RunRecord};
+use crate::run::RunRecord;
 
 const METRICS: [&str; 19] = [
     "arch", "params", "steps", "tokens_seen", "wall_s", "tokens_per_s", "final_train_loss",
@@ -66,5 +67,5 @@ pub fn write_csv(path: &Path, grid_keys: &[String], records: &[RunRecord]) -> Re
     for r in records {
         w.write_record(row(r, grid_keys, &factors, answers))?;
     }
-    write_atomic(path, &w.into_inner()?)
+    Ok(write_atomically(path, &w.into_inner()?)?)
 }

@@ -15,6 +15,7 @@ use std::rc::Rc;
 
 use anyhow::{Context, Result};
 use bst_data::lra::{LraConfig, LraDataset};
+use bst_data::shard::write_atomically;
 use bst_data::{Corpus, DataConfig, PreparedData, SplitName};
 use bst_model::{checkpoint, evaluate_classifier, evaluate_with_precision, train_classifier, AnswerMetrics, Classifier, EvalMetrics, RunConfig, StepMetrics, TrainOutcome, Trainer};
 use serde::{Deserialize, Serialize};
@@ -178,13 +179,6 @@ pub fn finished(results_dir: &Path, spec: &RunSpec) -> Option<RunRecord> {
     (record.config == spec.config).then_some(record)
 }
 
-/// Writes `path` atomically: a crash leaves either the old file or the new one, never half.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
-
 /// metrics.csv of a run, keeping the rows of steps before `step` (a resumed run rewrites the rest).
 fn open_metrics(path: &Path, step: usize) -> Result<std::io::BufWriter<std::fs::File>> {
     const HEADER: &str = "step,loss,lr,grad_norm,tokens_seen,elapsed_s,tokens_per_s";
@@ -215,28 +209,38 @@ pub fn execute(
 ) -> Result<RunRecord> {
     let dir = run_dir(results_dir, &spec.run_id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_atomic(&dir.join("config.toml"), toml::to_string_pretty(&spec.config)?.as_bytes())?;
+    write_atomically(&dir.join("config.toml"), toml::to_string_pretty(&spec.config)?.as_bytes())?;
     let record = match data {
         RunData::Lm(data) => execute_lm(spec, data, &dir, device, log, on_step)?,
         RunData::Lra(data) => execute_lra(spec, data, &dir, device, on_step)?,
     };
-    write_atomic(&dir.join("result.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    write_atomically(&dir.join("result.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
     Ok(record)
 }
 
-/// Writes each step to metrics.csv before passing it on; a write error stops the run and is kept.
-fn logging_steps<'a>(
-    metrics: &'a mut std::io::BufWriter<std::fs::File>,
-    io_error: &'a mut Option<std::io::Error>,
-    mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()> + 'a,
-) -> impl FnMut(&StepMetrics) -> ControlFlow<()> + 'a {
-    move |m| {
+/// Runs `train` with a step callback that appends each step to metrics.csv (keeping the rows of
+/// steps before `from_step`) and then passes it to `on_step`. A write error stops training and is
+/// what is returned.
+fn train_logging_steps(
+    path: &Path,
+    from_step: usize,
+    mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
+    train: impl FnOnce(&mut dyn FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<TrainOutcome, bst_model::ModelError>,
+) -> Result<TrainOutcome> {
+    let mut metrics = open_metrics(path, from_step)?;
+    let mut io_error = None;
+    let outcome = train(&mut |m: &StepMetrics| {
         if let Err(e) = writeln!(metrics, "{},{},{},{},{},{:.3},{:.1}", m.step, m.loss, m.lr, m.grad_norm, m.tokens_seen, m.elapsed_s, m.tokens_per_s) {
-            *io_error = Some(e);
+            io_error = Some(e);
             return ControlFlow::Break(());
         }
         on_step(m)
+    });
+    metrics.flush()?;
+    if let Some(e) = io_error {
+        return Err(e).with_context(|| format!("writing {}", path.display()));
     }
+    Ok(outcome?)
 }
 
 /// A language model: train (or resume) on the corpus, evaluate at every evaluation length.
@@ -252,7 +256,7 @@ fn execute_lm(
     // A trained BPE belongs with the run, so that bst-score works even after data/ is refetched.
     let bpe = data.cache_dir.join("tokenizer.json");
     if bpe.exists() {
-        write_atomic(&dir.join("tokenizer.json"), &std::fs::read(&bpe).with_context(|| format!("reading {}", bpe.display()))?)?;
+        write_atomically(&dir.join("tokenizer.json"), &std::fs::read(&bpe).with_context(|| format!("reading {}", bpe.display()))?)?;
     }
     let vs = nn::VarStore::new(device);
     let model = cfg.build_model(&vs.root(), data.tokenizer.vocab_size())?;
@@ -266,14 +270,7 @@ fn execute_lm(
     } else {
         None
     };
-    let mut metrics = open_metrics(&dir.join("metrics.csv"), trainer.step())?;
-    let mut io_error = None;
-    let outcome = trainer.run(&data.train, Some(&ckpt), logging_steps(&mut metrics, &mut io_error, on_step));
-    metrics.flush()?;
-    if let Some(e) = io_error {
-        return Err(e).context("writing metrics.csv");
-    }
-    let outcome = outcome?;
+    let outcome = train_logging_steps(&dir.join("metrics.csv"), trainer.step(), on_step, |steps| trainer.run(&data.train, Some(&ckpt), steps))?;
     let t = &cfg.train;
     let eval = |stream, factor: usize| evaluate_with_precision(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device, t.precision);
     let longer = t.eval_length_factors.iter().skip(1).map(|&factor| Ok(LengthEval { factor, seq_len: t.seq_len * factor, test: eval(&data.test, factor)? })).collect::<Result<Vec<_>>>()?;
@@ -289,14 +286,7 @@ fn execute_lra(spec: &RunSpec, data: &LraDataset, dir: &Path, device: Device, on
     let vs = nn::VarStore::new(device);
     let model = Classifier::new(&vs.root(), cfg, data)?;
     let params = bst_model::lm::parameter_count(&vs);
-    let mut metrics = open_metrics(&dir.join("metrics.csv"), 0)?;
-    let mut io_error = None;
-    let outcome = train_classifier(&model, &vs, cfg, data, logging_steps(&mut metrics, &mut io_error, on_step));
-    metrics.flush()?;
-    if let Some(e) = io_error {
-        return Err(e).context("writing metrics.csv");
-    }
-    let outcome = outcome?;
+    let outcome = train_logging_steps(&dir.join("metrics.csv"), 0, on_step, |steps| train_classifier(&model, &vs, cfg, data, steps))?;
     let eval = |split| -> Result<EvalMetrics> {
         let c = evaluate_classifier(&model, data, split, cfg, device)?;
         let bits = c.loss / std::f64::consts::LN_2;
