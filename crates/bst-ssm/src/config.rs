@@ -77,11 +77,27 @@ pub struct SsmConfig {
     pub squash: f64,
     /// Unstructured: width of the moving-average smoothing of the taps (odd; 1 = off).
     pub smooth_window: usize,
-    /// Unstructured: explicit taps or an implicit filter (`"explicit"`, `"implicit"`).
+    /// Unstructured: explicit taps or an implicit filter (`"explicit"`, `"implicit"`). Left out
+    /// of the serialised config at its default, like `filter_features`, so that configurations
+    /// from before these options keep their run ids.
+    #[serde(skip_serializing_if = "UnstructuredFilter::is_explicit")]
     pub unstructured_filter: UnstructuredFilter,
     /// Unstructured, implicit: positional features per tap (`t` plus a cosine and a sine at each
     /// of `(filter_features - 1) / 2` frequencies); odd, >= 3 (Hyena's `emb_dim`).
+    #[serde(skip_serializing_if = "is_default_filter_features")]
     pub filter_features: usize,
+}
+
+impl UnstructuredFilter {
+    fn is_explicit(&self) -> bool {
+        *self == UnstructuredFilter::Explicit
+    }
+}
+
+const DEFAULT_FILTER_FEATURES: usize = 33;
+
+fn is_default_filter_features(features: &usize) -> bool {
+    *features == DEFAULT_FILTER_FEATURES
 }
 
 impl Default for SsmConfig {
@@ -97,7 +113,7 @@ impl Default for SsmConfig {
             squash: 1e-3,
             smooth_window: 7,
             unstructured_filter: UnstructuredFilter::Explicit,
-            filter_features: 33,
+            filter_features: DEFAULT_FILTER_FEATURES,
         }
     }
 }
@@ -138,5 +154,25 @@ impl SsmConfig {
     /// Channels the convolution runs over for a given model width.
     pub fn channels(&self, d_model: usize) -> usize {
         d_model / self.proj_factor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_options_parse_name_their_choices_and_are_left_out_at_their_defaults() {
+        let cfg: SsmConfig = toml::from_str("unstructured_filter = \"implicit\"\nfilter_features = 17\n").unwrap();
+        assert_eq!((cfg.unstructured_filter, cfg.filter_features), (UnstructuredFilter::Implicit, 17));
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(text.contains("unstructured_filter = \"implicit\"") && text.contains("filter_features = 17"), "{text}");
+        assert_eq!(toml::from_str::<SsmConfig>(&text).unwrap(), cfg);
+        // defaults serialise as before the options existed, so run ids do not change
+        let default = toml::to_string(&SsmConfig::default()).unwrap();
+        assert!(!default.contains("unstructured_filter") && !default.contains("filter_features"), "{default}");
+        let err = toml::from_str::<SsmConfig>("unstructured_filter = \"hyena\"").unwrap_err().to_string();
+        assert!(err.contains("unknown variant `hyena`, expected `explicit` or `implicit`"), "{err}");
+        assert!(SsmConfig { filter_features: 8, ..SsmConfig::default() }.validate_kernel().unwrap_err().to_string().contains("filter_features"));
     }
 }
