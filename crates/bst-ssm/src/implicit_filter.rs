@@ -37,6 +37,8 @@ pub struct ImplicitFilterKernel {
     weight: Tensor,
     bias: Tensor,
     /// Envelope rates `r_c`, `[channels]`; fixed, as in Hyena (its `modulate` has no parameters).
+    /// They spread over all channels of all banks, so BST:MF's filters (and MH's heads) cover
+    /// different time scales, as the explicit filters' decays do.
     rates: Tensor,
     max_len: i64,
 }
@@ -65,17 +67,18 @@ impl ImplicitFilterKernel {
 
     /// Positional features at positions `0..seq`, `[seq, 1 + 2 F]`.
     fn features(&self, t: &Tensor) -> Tensor {
-        let angle = t.unsqueeze(1) * self.freqs.unsqueeze(0) * (2.0 * PI); // [seq, F]
+        let angle = t.unsqueeze(1) * self.freqs.to_device(t.device()).unsqueeze(0) * (2.0 * PI); // [seq, F]
         Tensor::cat(&[t.unsqueeze(1), angle.cos(), angle.sin().neg()], 1)
     }
 
     /// The length-`seq` kernel `[channels, seq]` (any length: see the module docs).
     pub fn kernel(&self, seq: i64) -> Tensor {
-        let t = Tensor::arange(seq, (Kind::Float, self.rates.device())) / self.max_len as f64; // [seq]
+        let device = self.weight.device(); // the constants follow the weights if they move
+        let t = Tensor::arange(seq, (Kind::Float, device)) / self.max_len as f64; // [seq]
         // in f64, which autocast leaves alone: a bf16 matmul would round every tap
         let taps = self.weight.to_kind(Kind::Double).matmul(&self.features(&t).to_kind(Kind::Double).transpose(0, 1));
         let taps = (taps + self.bias.to_kind(Kind::Double).unsqueeze(1)).to_kind(Kind::Float); // [channels, seq]
-        let envelope = (self.rates.unsqueeze(1) * t.unsqueeze(0)).neg().exp(); // [channels, seq]
+        let envelope = (self.rates.to_device(device).unsqueeze(1) * t.unsqueeze(0)).neg().exp(); // [channels, seq]
         taps * envelope
     }
 }
