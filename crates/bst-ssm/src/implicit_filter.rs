@@ -65,19 +65,23 @@ impl ImplicitFilterKernel {
         Ok(Self { freqs, weight, bias, rates, max_len: max_len as i64 })
     }
 
-    /// Positional features at positions `0..seq`, `[seq, 1 + 2 F]`.
+    /// Positional features at positions `t` (in training lengths, `[seq]`), `[seq, 1 + 2 F]`, in
+    /// `t`'s dtype.
     fn features(&self, t: &Tensor) -> Tensor {
-        let angle = t.unsqueeze(1) * self.freqs.to_device(t.device()).unsqueeze(0) * (2.0 * PI); // [seq, F]
+        let freqs = self.freqs.to_device(t.device()).to_kind(t.kind());
+        let angle = t.unsqueeze(1) * freqs.unsqueeze(0) * (2.0 * PI); // [seq, F]
         Tensor::cat(&[t.unsqueeze(1), angle.cos(), angle.sin().neg()], 1)
     }
 
     /// The length-`seq` kernel `[channels, seq]` (any length: see the module docs).
     pub fn kernel(&self, seq: i64) -> Tensor {
         let device = self.weight.device(); // the constants follow the weights if they move
-        let t = Tensor::arange(seq, (Kind::Float, device)) / self.max_len as f64; // [seq]
-        // in f64, which autocast leaves alone: a bf16 matmul would round every tap
-        let taps = self.weight.to_kind(Kind::Double).matmul(&self.features(&t).to_kind(Kind::Double).transpose(0, 1));
+        // features and the dense map in f64: autocast leaves f64 alone (a bf16 matmul would round
+        // every tap), and the phases 2 pi f t stay exact far past the training length
+        let t = Tensor::arange(seq, (Kind::Double, device)) / self.max_len as f64; // [seq]
+        let taps = self.weight.to_kind(Kind::Double).matmul(&self.features(&t).transpose(0, 1));
         let taps = (taps + self.bias.to_kind(Kind::Double).unsqueeze(1)).to_kind(Kind::Float); // [channels, seq]
+        let t = t.to_kind(Kind::Float);
         let envelope = (self.rates.to_device(device).unsqueeze(1) * t.unsqueeze(0)).neg().exp(); // [channels, seq]
         taps * envelope
     }
