@@ -19,11 +19,9 @@ fn checkpoint_loads_in_python_with_the_same_tensors() {
     cfg.train = toml::from_str("steps = 2\nbatch_size = 2\nseq_len = 16\nwarmup_steps = 1").unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let lm = cfg.build_model(&vs.root(), 256).unwrap();
-    let ids: Vec<u32> = b"some text to train on, repeated. ".repeat(10).iter().map(|&b| u32::from(b)).collect();
-    let bytes = ids.len();
-    let stream = TokenStream::from_ids(ids, bytes);
+    let stream = TokenStream::from_bytes(&b"some text to train on, repeated. ".repeat(10));
     let dir = tempfile::tempdir().unwrap();
-    Trainer::new(&lm, &vs, &cfg).run(&stream, Some(dir.path()), |_| ControlFlow::Continue(())).unwrap();
+    Trainer::new(&lm, &vs, &cfg, &stream).unwrap().run(&stream, Some(dir.path()), |_| ControlFlow::Continue(())).unwrap();
 
     let script = "import sys\nfrom safetensors.torch import load_file\nd = load_file(sys.argv[1])\nfor k in sorted(d): print(k, list(d[k].shape), float(d[k].double().sum()))";
     let out = Command::new(&python).args(["-c", script]).arg(dir.path().join("model.safetensors")).output().expect("running python");

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use bst_attn::{AttnConfig, BlockScope, BlockSelfAttention, BrectCell, BstAttention, BstSpec, ContextVariant, HeadDims};
-use bst_ssm::{SsmConfig, SsmKind};
+use bst_attn::{BlockSelfAttention, BrectCell, BstAttention, ContextVariant, LayerConfig, Mixer, MixerState};
+use bst_ssm::SsmKind;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 const D_MODEL: usize = 256;
 const HEADS: usize = 8;
@@ -25,49 +25,30 @@ fn device() -> Device {
 }
 
 fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
-    let sync = || {
-        if let Device::Cuda(i) = device() {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    sync();
+    bst_core::sync(device());
     let start = Instant::now();
     for _ in 0..iters {
         f();
     }
-    sync();
+    bst_core::sync(device());
     start.elapsed()
 }
 
-/// A layer behind one call signature: BRECT starts from its initial state on every call.
-enum Layer {
-    Module(Box<dyn ModuleT>),
-    Brect(BrectCell),
+/// Every layer starts from a fresh state on every call (BRECT from its initial state).
+fn run(layer: &dyn Mixer, xs: &Tensor, train: bool) -> Tensor {
+    layer.forward(xs, &mut MixerState::Fresh, train)
 }
 
-impl Layer {
-    fn run(&self, xs: &Tensor, train: bool) -> Tensor {
-        match self {
-            Layer::Module(m) => m.forward_t(xs, train),
-            Layer::Brect(cell) => cell.forward_t(xs, &mut cell.initial_state(xs.size()[0]), train),
-        }
-    }
-}
-
-fn layers(vs: &nn::Path, window: usize, max_len: usize) -> Vec<(&'static str, Layer)> {
-    let dims = HeadDims { d_model: D_MODEL, n_heads: HEADS, dropout: 0.0 };
-    let attn = AttnConfig { window, ..AttnConfig::default() };
-    let ssm = SsmConfig::default();
-    let bst = |name: &str, variant| {
-        let spec = BstSpec { variant, ssm_kind: SsmKind::S4d, context_states: STATES, max_len };
-        Layer::Module(Box::new(BstAttention::new(&(vs / name), dims, &attn, &ssm, spec).unwrap()))
-    };
+fn layers(vs: &nn::Path, window: usize, max_len: usize) -> Vec<(&'static str, Box<dyn Mixer>)> {
+    let mut cfg = LayerConfig::small(D_MODEL, HEADS, window);
+    (cfg.context_states, cfg.max_len) = (STATES, max_len);
+    let bst = |name: &str, variant| -> Box<dyn Mixer> { Box::new(BstAttention::new(&(vs / name), &cfg, variant, SsmKind::S4d).unwrap()) };
     vec![
-        ("SLIDE", Layer::Module(Box::new(BlockSelfAttention::new(&(vs / "slide"), dims, &attn, BlockScope::OwnAndPrevious).unwrap()))),
+        ("SLIDE", Box::new(BlockSelfAttention::new(&(vs / "slide"), &cfg))),
         ("BST:SH:S4D", bst("sh", ContextVariant::Sh)),
         ("BST:MH:S4D", bst("mh", ContextVariant::Mh)),
         ("BST:MF:S4D", bst("mf", ContextVariant::Mf)),
-        ("BRECT:FIXED:SKIP", Layer::Brect(BrectCell::new(&(vs / "brect"), dims, &attn, STATES).unwrap())),
+        ("BRECT:FIXED:SKIP", Box::new(BrectCell::new(&(vs / "brect"), &cfg))),
     ]
 }
 
@@ -80,12 +61,12 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(seq as u64));
         for (name, layer) in layers(&vs.root(), window, seq as usize) {
             let id = |mode: &str| BenchmarkId::new(format!("{mode}/W{window}/{name}"), seq);
-            group.bench_function(id("forward"), |b| b.iter_custom(|n| timed(n, || drop(tch::no_grad(|| layer.run(&xs, false))))));
+            group.bench_function(id("forward"), |b| b.iter_custom(|n| timed(n, || drop(tch::no_grad(|| run(layer.as_ref(), &xs, false))))));
             if seq <= BACKWARD_MAX {
                 group.bench_function(id("forward+backward"), |b| {
                     b.iter_custom(|n| timed(n, || {
                         let xs = xs.copy().set_requires_grad(true);
-                        layer.run(&xs, true).sum(Kind::Float).backward();
+                        run(layer.as_ref(), &xs, true).sum(Kind::Float).backward();
                     }))
                 });
             }

@@ -3,8 +3,9 @@
 //!
 //! 1. The SSM sublayer runs over the whole sequence at once (FFT convolution).
 //! 2. The sequence is cut into blocks of W tokens, all processed in parallel (no recurrence
-//!    between blocks). Each block runs SLIDE self-attention (own block causal + previous block)
-//!    and, with separate queries, cross-attends to its context states.
+//!    between blocks). Each block runs SLIDE self-attention (the window of `attn.window_mask`,
+//!    meliad's W previous tokens by default) and, with separate queries, cross-attends to its
+//!    context states.
 //! 3. Self- and cross-attention outputs are concatenated per position and projected back to
 //!    d_model, as in BRECT's vertical direction (meliad combines the two results with one
 //!    projection). The caller adds the residual and the MLP.
@@ -25,11 +26,13 @@
 //!   that is S x d/4 x L, which is why paper-scale profiles use implicit unstructured filters.
 //! The cross-attention has no position embedding: the convolution outputs already carry position.
 
-use tch::{nn, nn::Module, Kind, Tensor};
+use bst_core::params::{linear, var};
+use bst_core::ParamGroup;
+use bst_ssm::{SsmKind, SsmSublayer};
+use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
 use crate::block_attention::{from_blocks, split_heads, to_blocks, BlockAttentionHeads};
-use crate::{block_attention, AttnConfig, AttnError, BlockScope, HeadDims};
-use bst_ssm::{SsmConfig, SsmKind, SsmSublayer};
+use crate::{block_attention, AttnError, BlockPattern, BlockScope, HeadDims, LayerConfig, Mixer, MixerState};
 
 /// How the SSM output is turned into context states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +53,6 @@ impl std::fmt::Display for ContextVariant {
             ContextVariant::Mf => "MF",
         })
     }
-}
-
-/// What a BST layer is made of, beyond the widths and the window.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BstSpec {
-    pub variant: ContextVariant,
-    pub ssm_kind: SsmKind,
-    /// S for MF (number of filters = context states); SH and MH use S = W.
-    pub context_states: usize,
-    /// Training length (taps of unstructured filters).
-    pub max_len: usize,
 }
 
 /// How the context states become keys and values.
@@ -94,42 +86,40 @@ pub struct BstAttention {
 }
 
 impl BstAttention {
-    pub fn new(vs: &nn::Path, dims: HeadDims, attn: &AttnConfig, ssm: &SsmConfig, spec: BstSpec) -> Result<Self, AttnError> {
+    /// A BST layer with `variant` context states from an SSM of family `ssm_kind`; MF reads
+    /// `cfg.context_states` filters (S), SH and MH use S = W.
+    pub fn new(vs: &nn::Path, cfg: &LayerConfig, variant: ContextVariant, ssm_kind: SsmKind) -> Result<Self, AttnError> {
+        let dims = cfg.dims;
         let d = dims.d_model as i64;
-        let self_attn = BlockAttentionHeads::new(&(vs / "self_attn"), dims, attn, BlockScope::OwnAndPrevious)?;
-        let banks = match spec.variant {
+        let banks = match variant {
             ContextVariant::Sh => 1,
             ContextVariant::Mh => dims.n_heads,
-            ContextVariant::Mf if spec.context_states == 0 => {
-                return Err(AttnError::invalid("model.context_states", 0, "BST:MF needs at least one context state (filter)"));
-            }
-            ContextVariant::Mf => spec.context_states,
+            ContextVariant::Mf => cfg.context_states,
         };
-        let cross_kv = match spec.variant {
+        let cross_kv = match variant {
             ContextVariant::Mh => {
                 let hd = dims.head_dim() as i64;
                 let bound = 1.0 / (d as f64).sqrt();
-                ContextProjection::PerHead(vs.var("cross_kv_heads", &[dims.n_heads as i64, d, 2 * hd], nn::Init::Uniform { lo: -bound, up: bound }))
+                let init = nn::Init::Uniform { lo: -bound, up: bound };
+                ContextProjection::PerHead(var(vs, "cross_kv_heads", &[dims.n_heads as i64, d, 2 * hd], init, ParamGroup::Decay))
             }
-            _ => ContextProjection::Shared(nn::linear(vs / "cross_kv", d, 2 * d, Default::default())),
+            _ => ContextProjection::Shared(linear(&(vs / "cross_kv"), d, 2 * d)),
         };
-        let multi_filter = (spec.variant == ContextVariant::Mf).then(|| {
-            let s = spec.context_states as i64;
-            MultiFilter {
-                context_ids: vs.var("context_ids", &[s, d], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
-                initial_context: vs.var("initial_context", &[s, d], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
-            }
+        let multi_filter = (variant == ContextVariant::Mf).then(|| {
+            let s = cfg.context_states as i64;
+            let learned = |name: &str| var(vs, name, &[s, d], nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ParamGroup::NoDecay);
+            MultiFilter { context_ids: learned("context_ids"), initial_context: learned("initial_context") }
         });
         Ok(Self {
-            ssm: SsmSublayer::new(&(vs / "ssm"), dims.d_model, dims.d_model, banks, spec.ssm_kind, ssm, spec.max_len)?,
-            self_attn,
-            cross_q: nn::linear(vs / "cross_q", d, d, Default::default()),
+            ssm: SsmSublayer::new(&(vs / "ssm"), dims.d_model, dims.d_model, banks, ssm_kind, &cfg.ssm, cfg.max_len)?,
+            self_attn: BlockAttentionHeads::new(&(vs / "self_attn"), cfg),
+            cross_q: linear(&(vs / "cross_q"), d, d),
             cross_kv,
             multi_filter,
-            out: nn::linear(vs / "out", 2 * d, d, Default::default()),
+            out: linear(&(vs / "out"), 2 * d, d),
             dims,
-            window: attn.window as i64,
-            variant: spec.variant,
+            window: cfg.window(),
+            variant,
         })
     }
 
@@ -152,6 +142,11 @@ impl BstAttention {
         Tensor::cat(&[first, states], 1) + &mf.context_ids
     }
 
+    /// SH/MH's causal cross-attention mask: the states at the block's own positions up to the query's.
+    fn own_block(&self) -> BlockPattern {
+        BlockPattern { window: self.window, scope: BlockScope::Own, cache_grad: true }
+    }
+
     /// Cross-attention of each block's tokens to its context states.
     ///
     /// # Shapes
@@ -171,21 +166,27 @@ impl BstAttention {
             }
             (ContextProjection::Shared(kv), _) => {
                 let kv = split_heads(&kv.forward(&context.squeeze_dim(2)), 2, &self.dims);
-                block_attention(&q, &kv[0], &kv[1], self.window, BlockScope::Own, dropout)
+                block_attention(&q, &kv[0], &kv[1], self.own_block(), dropout, None)
             }
             (ContextProjection::PerHead(w), _) => {
                 let kv = Tensor::einsum("bshd,hde->bshe", &[context, w], None::<i64>); // [b, seq, h, 2 hd]
-                block_attention(&q, &kv.narrow(-1, 0, hd), &kv.narrow(-1, hd, hd), self.window, BlockScope::Own, dropout)
+                block_attention(&q, &kv.narrow(-1, 0, hd), &kv.narrow(-1, hd, hd), self.own_block(), dropout, None)
             }
         }
     }
 
-    /// The layer with the context given explicitly (tests substitute it).
+    /// The layer with the context given explicitly (tests substitute it), from a fresh state.
     ///
     /// # Shapes
     /// - `xs`: `[batch, seq, d_model]`, `context` as from [`Self::context`] -> `[batch, seq, d_model]`
     pub fn forward_with_context(&self, xs: &Tensor, context: &Tensor, train: bool) -> Tensor {
-        let y_self = self.self_attn.attend(xs, train).flatten(2, 3); // [b, seq, d]
+        self.forward_with_context_and_state(xs, context, &mut MixerState::Fresh, train)
+    }
+
+    /// The layer with the context given explicitly, its self-attention reading and updating the
+    /// block carried in `state`.
+    fn forward_with_context_and_state(&self, xs: &Tensor, context: &Tensor, state: &mut MixerState, train: bool) -> Tensor {
+        let y_self = self.self_attn.attend_with_state(xs, state, train).flatten(2, 3); // [b, seq, d]
         let y_cross = self.cross_attend(xs, context, train).flatten(2, 3); // [b, seq, d]
         self.out.forward(&Tensor::cat(&[y_self, y_cross], -1)).dropout(self.dims.dropout, train)
     }
@@ -200,19 +201,27 @@ impl nn::ModuleT for BstAttention {
     }
 }
 
+impl Mixer for BstAttention {
+    /// The SSM runs over this call's input only (no SSM state across calls: the paper's BST has
+    /// no recurrence across segments); the self-attention carries its last block if configured.
+    fn forward(&self, xs: &Tensor, state: &mut MixerState, train: bool) -> Tensor {
+        let context = self.context(xs, train);
+        self.forward_with_context_and_state(xs, &context, state, train)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mask::{block_mask, masked_attention_reference};
-    use tch::{nn::ModuleT, Device};
+    use crate::mask::{masked_attention_reference, own_block_mask};
+    use tch::Device;
 
     const VARIANTS: [ContextVariant; 3] = [ContextVariant::Sh, ContextVariant::Mh, ContextVariant::Mf];
 
     fn layer(vs: &nn::VarStore, window: usize, variant: ContextVariant) -> BstAttention {
-        let dims = HeadDims { d_model: 16, n_heads: 2, dropout: 0.0 };
-        let attn = AttnConfig { window, ..AttnConfig::default() };
-        let spec = BstSpec { variant, ssm_kind: SsmKind::S4d, context_states: 3, max_len: 64 };
-        BstAttention::new(&vs.root(), dims, &attn, &SsmConfig::default(), spec).unwrap()
+        let mut cfg = LayerConfig::small(16, 2, window);
+        (cfg.context_states, cfg.max_len) = (3, 64);
+        BstAttention::new(&vs.root(), &cfg, variant, SsmKind::S4d).unwrap()
     }
 
     #[test]
@@ -270,7 +279,7 @@ mod tests {
         let q = split_heads(&bst.cross_q.forward(&xs), 1, &dims).remove(0);
         let ContextProjection::Shared(kv) = &bst.cross_kv else { unreachable!() };
         let kv = split_heads(&kv.forward(&xs), 2, &dims);
-        let cross = masked_attention_reference(&q, &kv[0], &kv[1], &block_mask(12, 4, BlockScope::Own, Device::Cpu));
+        let cross = masked_attention_reference(&q, &kv[0], &kv[1], &own_block_mask(12, 4, Device::Cpu));
         let own_self = bst.self_attn.attend(&xs, false);
         let reference = bst.out.forward(&Tensor::cat(&[own_self.flatten(2, 3), cross.flatten(2, 3)], -1));
         let err = (&y - reference).abs().max().double_value(&[]);

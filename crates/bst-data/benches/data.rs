@@ -28,8 +28,9 @@ fn bench_batches(c: &mut Criterion) {
     let path = dir.path().join("train.bin");
     let ids: Vec<u32> = (0..TOKENS as u32).map(|i| i.wrapping_mul(2_654_435_761) % 4096).collect();
     write_shard(&path, &ids, &[0], TOKENS as u64, 4096, KEY).expect("write shard");
-    let mapped = TokenStream::from_shard(Shard::open(&path, KEY).expect("open shard"));
-    let memory = TokenStream::from_ids(ids, TOKENS);
+    let lengths = std::sync::Arc::new(vec![1; 4096]);
+    let mapped = TokenStream::from_shard(Shard::open(&path, KEY).expect("open shard"), lengths.clone());
+    let memory = TokenStream::from_ids(ids, lengths);
     let mut group = c.benchmark_group("batch_16x257");
     group.throughput(Throughput::Elements(16 * 257));
     for (name, stream) in [("mmap_shard", &mapped), ("memory", &memory)] {

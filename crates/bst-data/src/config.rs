@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::synthetic::SyntheticConfig;
-use crate::DataError;
+use crate::error::invalid;
+use crate::{DataError, Sampling};
 
 /// Which corpus to train and evaluate on. Each is a stand-in for one of the paper's datasets,
 /// built from registry packages by `scripts/fetch_data.sh` (see the data card of each).
@@ -98,6 +99,11 @@ pub struct DataConfig {
     pub valid_fraction: f64,
     /// Fraction of the corpus's bytes held out for test (whole documents).
     pub test_fraction: f64,
+    /// How training windows are drawn: `"auto"` (default: sequential for models that carry state
+    /// across windows, BRECT and TRSF-XL, as meliad trains them; random for the others),
+    /// `"random"` or `"sequential"` (see [`crate::batcher`]). Set it explicitly to hold sampling
+    /// equal across a comparison.
+    pub sampling: Sampling,
     /// The generated task of `corpus = "synthetic"` (its defaults when absent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticConfig>,
@@ -112,6 +118,7 @@ impl Default for DataConfig {
             vocab_size: None,
             valid_fraction: 0.05,
             test_fraction: 0.05,
+            sampling: Sampling::Auto,
             synthetic: None,
         }
     }
@@ -119,34 +126,28 @@ impl Default for DataConfig {
 
 impl DataConfig {
     pub fn validate(&self) -> Result<(), DataError> {
-        for (key, v) in [("valid_fraction", self.valid_fraction), ("test_fraction", self.test_fraction)] {
+        for (key, v) in [("data.valid_fraction", self.valid_fraction), ("data.test_fraction", self.test_fraction)] {
             if !(v > 0.0 && v < 0.5) {
-                return Err(DataError::InvalidConfig { key, value: v.to_string(), reason: "must be in (0, 0.5)".into() });
+                return Err(invalid(key, v, "must be in (0, 0.5)"));
             }
         }
         match (self.corpus, &self.synthetic) {
             (CorpusKind::Synthetic, s) => {
                 if self.tokenizer != TokenizerKind::Byte {
-                    return Err(DataError::InvalidConfig { key: "tokenizer", value: "bpe".into(), reason: "corpus = \"synthetic\" needs tokenizer = \"byte\": its answer mask is per byte".into() });
+                    return Err(invalid("data.tokenizer", "bpe", "corpus = \"synthetic\" needs tokenizer = \"byte\": its answer mask is per byte"));
                 }
                 s.clone().unwrap_or_default().validate()?;
             }
             (other, Some(_)) => {
-                return Err(DataError::InvalidConfig { key: "synthetic", value: "a table".into(), reason: format!("is only read with corpus = \"synthetic\", not \"{other}\"") });
+                return Err(invalid("data.synthetic", "a table", format!("is only read with corpus = \"synthetic\", not \"{other}\"")));
             }
             _ => {}
         }
         match (self.tokenizer, self.vocab_size) {
-            (TokenizerKind::Byte, Some(v)) if v != 256 => Err(DataError::InvalidConfig {
-                key: "vocab_size",
-                value: v.to_string(),
-                reason: "the byte tokenizer has 256 tokens; vocab_size applies to tokenizer = \"bpe\"".into(),
-            }),
-            (TokenizerKind::Bpe, Some(v)) if !(512..=65536).contains(&v) => Err(DataError::InvalidConfig {
-                key: "vocab_size",
-                value: v.to_string(),
-                reason: "a BPE vocabulary must hold 512..=65536 tokens (256 bytes plus merges; ids are stored as u16/u32)".into(),
-            }),
+            (TokenizerKind::Byte, Some(v)) if v != 256 => Err(invalid("data.vocab_size", v, "the byte tokenizer has 256 tokens; vocab_size applies to tokenizer = \"bpe\"")),
+            (TokenizerKind::Bpe, Some(v)) if !(512..=65536).contains(&v) => {
+                Err(invalid("data.vocab_size", v, "a BPE vocabulary must hold 512..=65536 tokens (256 bytes plus merges; ids are stored as u16/u32)"))
+            }
             _ => Ok(()),
         }
     }

@@ -8,46 +8,20 @@
 //! [`PreparedData::rebuilt`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::corpus::Cleaning;
 use crate::synthetic::SyntheticStream;
-use crate::shard::{write_atomically, write_shard, Shard, ShardKey, ShardProblem};
+use crate::error::write_atomically;
+use crate::shard::{write_shard, Shard, ShardKey, ShardProblem};
+use crate::stats::{DataStats, SplitStats};
 use crate::{BpeTokenizer, ByteTokenizer, Corpus, CorpusKind, DataConfig, DataError, Split, SplitName, TokenStream, Tokenizer, TokenizerKind};
 
 /// Bump when cleaning or splitting rules change, so that old caches are not reused.
 const RULES_VERSION: u32 = 1;
-
-/// Size of one split, as the data card reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SplitStats {
-    pub split: String,
-    pub documents: usize,
-    pub bytes: usize,
-    pub tokens: usize,
-}
-
-/// Everything the data card says about a prepared corpus (stored as `stats.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DataStats {
-    pub corpus: CorpusKind,
-    pub tokenizer: String,
-    pub vocab_size: usize,
-    pub splits: Vec<SplitStats>,
-    pub cleaning: Cleaning,
-    /// Entropy of the training split's byte distribution (bits per byte).
-    pub unigram_entropy_bpb: f64,
-    /// Test bits per byte of the add-one-smoothed byte unigram model fitted on train.
-    pub unigram_test_bpb: f64,
-    /// sha256 of the corpus's MANIFEST.sha256 when the shards were built.
-    pub manifest_sha256: String,
-    /// Accuracy on the answers of a synthetic task without long-range memory (chance).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answer_chance: Option<f64>,
-}
 
 /// A corpus ready for training: its tokenizer and one token stream per split.
 pub struct PreparedData {
@@ -80,7 +54,7 @@ impl Location {
             h.update(format!("{}|{}|{}|{RULES_VERSION}", cfg.corpus, cfg.valid_fraction, cfg.test_fraction));
             h.finalize().into()
         };
-        let cache_dir = cfg.dir.join("cache").join(format!("{}-{}-{}", cfg.corpus, cfg.tokenizer_name(), &hex(&source)[..12]));
+        let cache_dir = cfg.dir.join("cache").join(format!("{}-{}-{}", cfg.corpus, cfg.tokenizer_name(), &bst_core::fs::hex(&source)[..12]));
         Ok(Self { manifest, source, cache_dir })
     }
 }
@@ -92,10 +66,6 @@ pub fn load_tokenizer(cfg: &DataConfig) -> Result<Box<dyn Tokenizer>, DataError>
         TokenizerKind::Byte => Ok(Box::new(ByteTokenizer)),
         TokenizerKind::Bpe => Ok(Box::new(BpeTokenizer::load(&Location::of(cfg)?.cache_dir.join("tokenizer.json"))?)),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn shard_path(dir: &Path, split: SplitName) -> PathBuf {
@@ -116,9 +86,10 @@ impl PreparedData {
         let stats_path = cache_dir.join("stats.json");
         let cached_stats = std::fs::read(&stats_path).ok().and_then(|b| serde_json::from_slice::<DataStats>(&b).ok());
         let opened: Vec<Result<Shard, ShardProblem>> = SplitName::ALL.iter().map(|&s| Shard::open(&shard_path(&cache_dir, s), key)).collect();
+        let token_bytes = Arc::new(tokenizer.token_bytes());
         if let (Some(stats), true) = (cached_stats, opened.iter().all(Result::is_ok)) {
             let [train, valid, test] = opened.try_into().unwrap_or_else(|_| unreachable!("three splits"));
-            let stream = |s: Result<Shard, ShardProblem>| TokenStream::from_shard(s.unwrap_or_else(|_| unreachable!("checked above")));
+            let stream = |s: Result<Shard, ShardProblem>| TokenStream::from_shard(s.unwrap_or_else(|_| unreachable!("checked above")), token_bytes.clone());
             return Ok(Self { tokenizer, train: stream(train), valid: stream(valid), test: stream(test), stats, cache_dir, rebuilt });
         }
         for (split, problem) in SplitName::ALL.iter().zip(&opened) {
@@ -140,7 +111,7 @@ impl PreparedData {
             write_shard(&path, &ids, &doc_starts, split.bytes() as u64, tokenizer.vocab_size(), key)?;
             let shard = Shard::open(&path, key).map_err(|p| DataError::Shard { path: path.clone(), reason: format!("just written, but {p}") })?;
             splits.push(SplitStats { split: name.to_string(), documents: split.documents.len(), bytes: split.bytes(), tokens: ids.len() });
-            streams.push(TokenStream::from_shard(shard));
+            streams.push(TokenStream::from_shard(shard, token_bytes.clone()));
         }
         let (train_bytes, test_bytes) = (corpus.train.concatenated(), corpus.test.concatenated());
         let stats = DataStats {
@@ -151,7 +122,7 @@ impl PreparedData {
             cleaning: corpus.cleaning.clone(),
             unigram_entropy_bpb: crate::unigram::entropy_bits(&train_bytes),
             unigram_test_bpb: crate::unigram::cross_entropy_bits(&train_bytes, &test_bytes),
-            manifest_sha256: hex(&Sha256::digest(&manifest)),
+            manifest_sha256: bst_core::sha256_hex(&manifest),
             answer_chance: None,
         };
         let json = serde_json::to_vec_pretty(&stats).expect("stats serialise");
@@ -173,8 +144,7 @@ impl PreparedData {
         for name in SplitName::ALL {
             let s = SyntheticStream::generate(&task, name)?;
             splits.push(SplitStats { split: name.to_string(), documents: 1, bytes: s.len(), tokens: s.len() });
-            let ids = s.bytes.iter().map(|&b| u32::from(b)).collect();
-            streams.push(TokenStream::from_ids(ids, s.len()).with_answers(s.answer_mask));
+            streams.push(TokenStream::from_bytes(&s.bytes).with_answers(s.answer_mask));
             bytes.push(s.bytes);
         }
         let stats = DataStats {
@@ -189,16 +159,9 @@ impl PreparedData {
             answer_chance: Some(task.chance_accuracy()),
         };
         let toml = toml::to_string(&task).expect("the synthetic config serialises");
-        let digest = hex(&Sha256::digest(toml.as_bytes()));
+        let digest = bst_core::sha256_hex(toml.as_bytes());
         let cache_dir = cfg.dir.join("cache").join(format!("synthetic-{}", &digest[..12]));
-        let card = format!(
-            "# Data card: synthetic `{:?}` task\n\nGenerated by `bst_data::synthetic` (seeded, nothing fetched). Every answer byte depends only on \
-             bytes more than `min_distance` = {} back; chance accuracy on answers is {:.3}.\n\n```toml\n{toml}```\n\n| split | bytes |\n|---|---:|\n{}",
-            task.task,
-            task.min_distance,
-            task.chance_accuracy(),
-            stats.splits.iter().map(|s| format!("| {} | {} |\n", s.split, s.bytes)).collect::<String>()
-        );
+        let card = crate::card::render_synthetic(&task, &stats);
         write_atomically(&cache_dir.join("CARD.md"), card.as_bytes())?;
         let [train, valid, test]: [TokenStream; 3] = streams.try_into().unwrap_or_else(|_| unreachable!("three splits"));
         Ok(Self { tokenizer: Box::new(ByteTokenizer), train, valid, test, stats, cache_dir, rebuilt: Vec::new() })
@@ -246,6 +209,7 @@ fn tokenize(split: &Split, tokenizer: &dyn Tokenizer) -> (Vec<u32>, Vec<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Tensor;
 
     /// A tiny corpus folder in the fetch script's layout.
     fn code_corpus(dir: &Path) {
@@ -261,7 +225,7 @@ mod tests {
 
     fn cfg(dir: &Path, tokenizer: TokenizerKind) -> DataConfig {
         let vocab_size = (tokenizer == TokenizerKind::Bpe).then_some(600);
-        DataConfig { corpus: CorpusKind::Code, dir: dir.to_owned(), tokenizer, vocab_size, valid_fraction: 0.1, test_fraction: 0.1, synthetic: None }
+        DataConfig { corpus: CorpusKind::Code, dir: dir.to_owned(), tokenizer, vocab_size, valid_fraction: 0.1, test_fraction: 0.1, ..Default::default() }
     }
 
     #[test]
@@ -279,6 +243,10 @@ mod tests {
         let corpus = Corpus::load(&cfg).unwrap();
         let ids: Vec<i64> = (0..first.valid.len()).map(|i| i64::from(first.valid.get(i))).collect();
         assert_eq!(first.tokenizer.decode(&ids), corpus.valid.concatenated());
+        // exact byte counts: the token lengths of a split add up to its text
+        let all = Tensor::from_slice(&ids);
+        assert_eq!(first.valid.bytes_of(&all) as usize, corpus.valid.bytes());
+        assert_eq!(first.valid.doc_starts().len(), corpus.valid.documents.len());
         drop(first);
 
         let second = PreparedData::load(&cfg).unwrap();

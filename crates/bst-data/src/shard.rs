@@ -22,13 +22,14 @@
 //! used: [`Shard::open`] says why, and the caller rebuilds it.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
+use crate::error::write_atomically;
 use crate::DataError;
 
 pub const SHARD_VERSION: u32 = 1;
@@ -58,19 +59,6 @@ impl std::fmt::Display for ShardProblem {
             ShardProblem::Corrupt(why) => write!(f, "corrupt ({why})"),
         }
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so that a crash never leaves a
-/// half-written file under the final name.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let io = |source| DataError::Io { path: path.to_owned(), source };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
 }
 
 /// Writes a shard of `ids` (documents starting at `doc_starts`) for `key`.
@@ -177,6 +165,10 @@ pub struct TokenStream {
     store: Store,
     /// Bytes of text the tokens encode (bits per byte = total bits / bytes).
     pub bytes: usize,
+    /// Length in bytes of each token id's text: exact bits per byte of any scored subset.
+    token_bytes: Arc<Vec<u32>>,
+    /// Where each document starts (memory streams; shards store their own).
+    doc_starts: Vec<usize>,
     /// Which tokens are the answers of a synthetic long-range task (scored on their own).
     answers: Option<Vec<bool>>,
 }
@@ -192,9 +184,40 @@ impl std::fmt::Debug for TokenStream {
 }
 
 impl TokenStream {
-    /// A stream held in memory (tests, synthetic tasks).
-    pub fn from_ids(ids: Vec<u32>, bytes: usize) -> Self {
-        Self { store: Store::Memory(ids), bytes, answers: None }
+    /// Ids held in memory, one document; `token_bytes[id]` is the length in bytes of token `id`.
+    pub fn from_ids(ids: Vec<u32>, token_bytes: Arc<Vec<u32>>) -> Self {
+        let bytes = ids.iter().map(|&i| token_bytes[i as usize] as usize).sum();
+        Self { store: Store::Memory(ids), bytes, token_bytes, doc_starts: vec![0], answers: None }
+    }
+
+    /// Byte-level tokens of `text` held in memory (tests, synthetic tasks), one document.
+    pub fn from_bytes(text: &[u8]) -> Self {
+        Self::from_ids(text.iter().map(|&b| u32::from(b)).collect(), Arc::new(vec![1; 256]))
+    }
+
+    /// Sets where the documents of a memory stream start (the first at 0).
+    pub fn with_doc_starts(mut self, starts: Vec<usize>) -> Self {
+        assert!(starts.first() == Some(&0) && starts.windows(2).all(|w| w[0] < w[1]) && starts.last() < Some(&self.len().max(1)), "document starts must rise from 0 inside the stream");
+        self.doc_starts = starts;
+        self
+    }
+
+    /// Token offset of every document, rising from 0.
+    pub fn doc_starts(&self) -> Vec<usize> {
+        match &self.store {
+            Store::Memory(_) => self.doc_starts.clone(),
+            Store::Mapped(s) => s.doc_starts(),
+        }
+    }
+
+    /// Bytes of text that the tokens `ids` encode (any shape, int64); negative ids (padding)
+    /// count nothing.
+    pub fn bytes_of(&self, ids: &Tensor) -> f64 {
+        let table: Vec<i64> = self.token_bytes.iter().map(|&b| i64::from(b)).collect();
+        let table = Tensor::from_slice(&table).to_device(ids.device());
+        let valid = ids.ge(0);
+        let lengths = table.index_select(0, &ids.clamp_min(0).flatten(0, -1)).view_as(ids) * valid;
+        lengths.sum(Kind::Int64).int64_value(&[]) as f64
     }
 
     /// Marks the answer tokens of a synthetic task (`mask[i]`: token i is an answer).
@@ -216,10 +239,10 @@ impl TokenStream {
         Some(Tensor::from_slice(&flags).view([starts.len() as i64, len as i64]))
     }
 
-    /// A stream reading a memory-mapped shard.
-    pub fn from_shard(shard: Shard) -> Self {
+    /// A stream reading a memory-mapped shard; `token_bytes[id]` is the length of token `id`.
+    pub fn from_shard(shard: Shard, token_bytes: Arc<Vec<u32>>) -> Self {
         let bytes = shard.text_bytes;
-        Self { store: Store::Mapped(shard), bytes, answers: None }
+        Self { store: Store::Mapped(shard), bytes, token_bytes, doc_starts: Vec::new(), answers: None }
     }
 
     pub fn len(&self) -> usize {
@@ -231,11 +254,6 @@ impl TokenStream {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Bytes per token of this stream (1 for the byte tokenizer).
-    pub fn bytes_per_token(&self) -> f64 {
-        self.bytes as f64 / self.len() as f64
     }
 
     /// Token `i`.
@@ -285,8 +303,9 @@ mod tests {
             let shard = Shard::open(&path, KEY).unwrap();
             assert_eq!(shard.width, if vocab == 300 { 2 } else { 4 });
             assert_eq!(shard.doc_starts(), vec![0, 400, 900]);
-            let stream = TokenStream::from_shard(shard);
+            let stream = TokenStream::from_shard(shard, Arc::new(vec![1; vocab]));
             assert_eq!((stream.len(), stream.bytes), (1000, 2345));
+            assert_eq!(stream.doc_starts(), vec![0, 400, 900]);
             assert_eq!((0..1000).map(|i| stream.get(i)).collect::<Vec<_>>(), ids);
             let w = stream.windows(&[3, 990], 10);
             assert_eq!(w.size(), vec![2, 10]);

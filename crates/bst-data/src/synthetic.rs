@@ -31,6 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::error::invalid;
 use crate::lra::stream_rng;
 use crate::{DataError, Document, SplitName};
 
@@ -104,32 +105,28 @@ const FILLER: &[&str] = &[
     "time", "long", "river", "house", "light", "world", "small", "water", "under", "again",
 ];
 
-fn invalid(key: &'static str, value: impl ToString, reason: impl Into<String>) -> DataError {
-    DataError::InvalidSetting { key, value: value.to_string(), reason: reason.into() }
-}
-
 impl SyntheticConfig {
     pub fn validate(&self) -> Result<(), DataError> {
         let positive = [
-            ("synthetic.min_distance", self.min_distance),
-            ("synthetic.n_pairs", self.n_pairs),
-            ("synthetic.n_queries", self.n_queries),
-            ("synthetic.key_len", self.key_len),
-            ("synthetic.value_len", self.value_len),
-            ("synthetic.copy_len", self.copy_len),
+            ("data.synthetic.min_distance", self.min_distance),
+            ("data.synthetic.n_pairs", self.n_pairs),
+            ("data.synthetic.n_queries", self.n_queries),
+            ("data.synthetic.key_len", self.key_len),
+            ("data.synthetic.value_len", self.value_len),
+            ("data.synthetic.copy_len", self.copy_len),
         ];
         if let Some((key, v)) = positive.into_iter().find(|&(_, v)| v == 0) {
             return Err(invalid(key, v, "must be at least 1"));
         }
         if !(2..=KEY_SYMBOLS.len()).contains(&self.key_alphabet) {
-            return Err(invalid("synthetic.key_alphabet", self.key_alphabet, "must be in 2..=26 (letters A-Z)"));
+            return Err(invalid("data.synthetic.key_alphabet", self.key_alphabet, "must be in 2..=26 (letters A-Z)"));
         }
         if !(2..=VALUE_SYMBOLS.len()).contains(&self.value_alphabet) {
-            return Err(invalid("synthetic.value_alphabet", self.value_alphabet, "must be in 2..=36 (0-9 then a-z)"));
+            return Err(invalid("data.synthetic.value_alphabet", self.value_alphabet, "must be in 2..=36 (0-9 then a-z)"));
         }
         if self.n_queries > self.n_pairs {
             return Err(invalid(
-                "synthetic.n_queries",
+                "data.synthetic.n_queries",
                 self.n_queries,
                 format!("must not exceed n_pairs = {}", self.n_pairs),
             ));
@@ -138,13 +135,13 @@ impl SyntheticConfig {
         let keys = (self.key_alphabet as f64).powi(self.key_len as i32);
         if keys < 2.0 * self.n_pairs as f64 {
             return Err(invalid(
-                "synthetic.n_pairs",
+                "data.synthetic.n_pairs",
                 self.n_pairs,
                 format!("needs at least {} distinct keys; key_alphabet^key_len = {keys}", 2 * self.n_pairs),
             ));
         }
         let episode = self.max_episode_len();
-        for (key, v) in [("synthetic.train_bytes", self.train_bytes), ("synthetic.eval_bytes", self.eval_bytes)] {
+        for (key, v) in [("data.synthetic.train_bytes", self.train_bytes), ("data.synthetic.eval_bytes", self.eval_bytes)] {
             if v < episode {
                 return Err(invalid(key, v, format!("must hold at least one episode ({episode} bytes)")));
             }
@@ -452,11 +449,11 @@ mod tests {
         assert!(SyntheticStream::generate(&cfg, SplitName::Train)
             .unwrap_err()
             .to_string()
-            .contains("synthetic.n_queries"));
+            .contains("data.synthetic.n_queries"));
         let cfg = SyntheticConfig { key_len: 1, key_alphabet: 4, ..SyntheticConfig::default() };
-        assert!(cfg.validate().unwrap_err().to_string().contains("synthetic.n_pairs"));
+        assert!(cfg.validate().unwrap_err().to_string().contains("data.synthetic.n_pairs"));
         let cfg = SyntheticConfig { eval_bytes: 100, ..SyntheticConfig::default() };
-        assert!(cfg.validate().unwrap_err().to_string().contains("synthetic.eval_bytes"));
+        assert!(cfg.validate().unwrap_err().to_string().contains("data.synthetic.eval_bytes"));
         assert!(serde_json::from_str::<SyntheticConfig>(r#"{"task": "copy_delay", "window": 3}"#).is_err());
         let cfg: SyntheticConfig = serde_json::from_str(r#"{"task": "copy_delay"}"#).unwrap();
         assert_eq!(cfg.min_distance, 1024);

@@ -16,6 +16,9 @@ pub trait Tokenizer: Send + Sync {
     fn vocab_size(&self) -> usize;
     fn encode(&self, bytes: &[u8]) -> Vec<i64>;
     fn decode(&self, ids: &[i64]) -> Vec<u8>;
+    /// The length in bytes of each token id's text, indexed by id: sums over the tokens scored
+    /// give exact bits per byte.
+    fn token_bytes(&self) -> Vec<u32>;
     /// sha256 identifying the tokenizer exactly (shards record it, so a retrained tokenizer
     /// invalidates them).
     fn fingerprint(&self) -> [u8; 32];
@@ -36,6 +39,10 @@ impl Tokenizer for ByteTokenizer {
 
     fn decode(&self, ids: &[i64]) -> Vec<u8> {
         ids.iter().map(|&i| u8::try_from(i).expect("byte token out of range")).collect()
+    }
+
+    fn token_bytes(&self) -> Vec<u32> {
+        vec![1; 256]
     }
 
     fn fingerprint(&self) -> [u8; 32] {
@@ -90,7 +97,7 @@ impl BpeTokenizer {
 
     /// Writes `tokenizer.json` atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), DataError> {
-        crate::shard::write_atomically(path, self.json.as_bytes())
+        crate::error::write_atomically(path, self.json.as_bytes())
     }
 }
 
@@ -115,6 +122,12 @@ impl Tokenizer for BpeTokenizer {
     fn decode(&self, ids: &[i64]) -> Vec<u8> {
         let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).expect("token id out of range")).collect();
         self.inner.decode(&ids, false).expect("decoding ids of this vocabulary").into_bytes()
+    }
+
+    /// Byte-level BPE spells each byte as one character of its 256-character alphabet, so a
+    /// token's byte length is the number of characters of its vocabulary entry.
+    fn token_bytes(&self) -> Vec<u32> {
+        (0..self.vocab_size() as u32).map(|id| self.inner.id_to_token(id).map_or(0, |t| t.chars().count() as u32)).collect()
     }
 
     fn fingerprint(&self) -> [u8; 32] {
@@ -160,6 +173,24 @@ mod tests {
         assert_eq!(loaded.encode(sample.as_bytes()), ids);
         assert_eq!(loaded.fingerprint(), bpe.fingerprint());
         assert_ne!(bpe.fingerprint(), ByteTokenizer.fingerprint());
+    }
+
+    /// Token byte lengths add up to the text's bytes, whatever the text (multi-byte characters
+    /// split across tokens included); checked by hand on a short one.
+    #[test]
+    fn token_byte_lengths_add_up_to_the_text() {
+        let texts = corpus();
+        let bpe = BpeTokenizer::train(texts.iter().map(String::as_str), 600).unwrap();
+        let lengths = bpe.token_bytes();
+        assert_eq!(lengths.len(), bpe.vocab_size());
+        for text in ["The quick brown fox", "  zebra ∑ café 日本語\t\r\n", texts[7].as_str()] {
+            let total: u32 = bpe.encode(text.as_bytes()).iter().map(|&i| lengths[i as usize]).sum();
+            assert_eq!(total as usize, text.len(), "{text:?}");
+        }
+        // "café" is 5 bytes in UTF-8 (é takes two), whatever the merges
+        let ids = bpe.encode("café".as_bytes());
+        assert_eq!(ids.iter().map(|&i| lengths[i as usize]).sum::<u32>(), 5);
+        assert!(ByteTokenizer.token_bytes().iter().all(|&l| l == 1));
     }
 
     #[test]

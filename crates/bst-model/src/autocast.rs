@@ -87,7 +87,7 @@ fn check(status: c_int) -> Result<(), ModelError> {
     // SAFETY: the shim returns a pointer to a thread-local NUL-terminated string that lives until
     // the next failure on this thread; it is copied out at once.
     let message = unsafe { CStr::from_ptr(bst_autocast_last_error()) }.to_string_lossy().into_owned();
-    Err(ModelError::Torch(tch::TchError::Torch(format!("libtorch autocast: {message}"))))
+    Err(ModelError::Autocast { reason: message })
 }
 
 /// Calls a shim getter that writes one `c_int`.
@@ -124,7 +124,7 @@ pub fn active_kind(device: Device) -> Result<Option<Kind>, ModelError> {
         SCALAR_BFLOAT16 => Some(Kind::BFloat16),
         SCALAR_HALF => Some(Kind::Half),
         SCALAR_FLOAT => Some(Kind::Float),
-        other => return Err(ModelError::Torch(tch::TchError::UnknownKind(other))),
+        other => return Err(ModelError::Autocast { reason: format!("autocast dtype code {other} is not bf16, f16 or f32") }),
     })
 }
 
@@ -203,7 +203,7 @@ impl Autocast {
         check(unsafe { bst_autocast_set_dtype(saved.device, saved.dtype) })?;
         check(unsafe { bst_autocast_set_cache_enabled(saved.cache) })?;
         if !in_order {
-            return Err(ModelError::Torch(tch::TchError::Torch("autocast regions left out of order: guards must be dropped innermost first".into())));
+            return Err(ModelError::Autocast { reason: "regions left out of order: guards must be dropped innermost first".into() });
         }
         Ok(())
     }
@@ -226,7 +226,7 @@ impl Drop for Autocast {
 mod tests {
     use super::*;
     use bst_ssm::{causal_fft_conv, SsmConfig, SsmConv, SsmKind, UnstructuredFilter};
-    use tch::{nn, nn::Module, Tensor};
+    use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
     const CPU: Device = Device::Cpu;
 
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn linear_is_bf16_inside_a_region_and_f32_outside() {
         let vs = nn::VarStore::new(CPU);
-        let lin = nn::linear(vs.root(), 4, 3, Default::default());
+        let lin = bst_core::params::linear(&vs.root(), 4, 3);
         assert_eq!(active_kind(CPU).unwrap(), None);
         assert_eq!(linear_kind(&lin), Kind::Float);
         {
@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn regions_nest_and_restore_what_they_found() {
         let vs = nn::VarStore::new(CPU);
-        let lin = nn::linear(vs.root(), 4, 3, Default::default());
+        let lin = bst_core::params::linear(&vs.root(), 4, 3);
         {
             let _outer = Autocast::enter(CPU, Precision::Bf16).unwrap();
             {

@@ -3,26 +3,30 @@
 //! - `model.safetensors`: the weights, by var-store name (`layers.3.mixer.qkv.weight`); loadable
 //!   from Python with `safetensors.torch.load_file`.
 //! - `optim.safetensors`: the AdamW moments (`m.<name>`, `v.<name>`).
-//! - `state.json`: step, optimiser steps, the batch sampler's RNG, tokens seen, elapsed time, and
-//!   the SHA-256 of both tensor files.
+//! - `carry.safetensors`: the state that stateful models carry from one training step to the
+//!   next under sequential sampling (`layers.<i>.brect.state`, ...); absent when there is none.
+//! - `state.json`: step, optimiser steps, the sampler's position, tokens seen, elapsed time, and
+//!   the SHA-256 of the tensor files.
 //! - `config.toml`: the run configuration.
 //!
-//! The folder is written under a temporary name and renamed into place, so a crash leaves the
-//! previous checkpoint or the new one, never a mix. On load both checksums are verified before
-//! any tensor is read: a truncated or corrupt checkpoint is reported, never silently used.
+//! The folder is written under a temporary name, every file fsync'd, and renamed into place, so a
+//! crash or `kill -9` at any moment leaves the previous checkpoint or the new one, never a mix. On
+//! load every checksum is verified before any tensor is read: a truncated or corrupt checkpoint is
+//! reported, never silently used.
 
 use std::path::{Path, PathBuf};
 
-use bst_data::Batcher;
+use bst_core::fs::sync_dir;
+use bst_core::sha256_file;
+use bst_data::Sampler;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tch::{nn, Tensor};
 
 use crate::optimizer::AdamW;
 use crate::{ModelError, RunConfig};
 
-/// 2: `progress` nested (serde's `flatten` cannot carry the sampler RNG's u128).
-const FORMAT: u32 = 2;
+/// 3: the sampler (random or sequential) instead of the random batcher, and the carried state.
+const FORMAT: u32 = 3;
 
 /// Where training stands: what a checkpoint restores besides the tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,7 +36,7 @@ pub struct Progress {
     pub tokens_seen: usize,
     /// Training wall time before this checkpoint.
     pub elapsed_s: f64,
-    pub batcher: Batcher,
+    pub sampler: Sampler,
 }
 
 /// `state.json`: the progress, the format and the checksums of the tensor files.
@@ -42,20 +46,35 @@ pub struct TrainState {
     pub progress: Progress,
     pub model_sha256: String,
     pub optim_sha256: String,
+    /// Present when the run carries state across steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carry_sha256: Option<String>,
 }
 
-fn sha256(path: &Path) -> Result<String, ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| corrupt(path, e))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+/// What a checkpoint holds besides the weights and the optimiser.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: TrainState,
+    /// The carried training state, as named tensors (empty when none).
+    pub carry: Vec<(String, Tensor)>,
 }
 
 fn corrupt(path: &Path, reason: impl ToString) -> ModelError {
     ModelError::Checkpoint { path: path.to_owned(), reason: reason.to_string() }
 }
 
-/// Copies the weights in `path` into the variables of `vs`; every variable must be there with its shape.
+fn sha256(path: &Path) -> Result<String, ModelError> {
+    sha256_file(path).map_err(|e| corrupt(path, e))
+}
+
+fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError> {
+    Tensor::read_safetensors(path).map_err(|e| corrupt(path, e))
+}
+
+/// Copies the weights in `path` into the variables of `vs`; every variable must be there with its
+/// shape. (Cached SSM kernels notice: they are stamped with the weights' version counters.)
 pub fn load_weights(path: &Path, vs: &nn::VarStore) -> Result<(), ModelError> {
-    let saved = Tensor::read_safetensors(path).map_err(|e| corrupt(path, e))?;
+    let saved = read_tensors(path)?;
     tch::no_grad(|| {
         for (name, mut var) in vs.variables() {
             let t = saved.iter().find(|(k, _)| *k == name).map(|(_, t)| t).ok_or_else(|| corrupt(path, format!("no tensor `{name}`")))?;
@@ -73,48 +92,64 @@ pub fn exists(dir: &Path) -> bool {
     dir.join("state.json").exists()
 }
 
-/// Writes a checkpoint to `dir`, replacing any previous one.
-pub fn save(dir: &Path, vs: &nn::VarStore, opt: &AdamW, config: &RunConfig, progress: Progress) -> Result<(), ModelError> {
+/// Writes named tensors to `path` and flushes them to disk; returns their sha256.
+fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<String, ModelError> {
+    Tensor::write_safetensors(tensors, path)?;
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| corrupt(path, e))?;
+    sha256(path)
+}
+
+/// Writes a checkpoint to `dir`, replacing any previous one; `carry` is the state carried across
+/// training steps (empty when none).
+pub fn save(dir: &Path, vs: &nn::VarStore, opt: &AdamW, carry: &[(String, Tensor)], config: &RunConfig, progress: Progress) -> Result<(), ModelError> {
     let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| corrupt(&tmp, e))?;
-    let model = tmp.join("model.safetensors");
     let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
-    Tensor::write_safetensors(&weights, &model)?;
-    let optim = tmp.join("optim.safetensors");
-    Tensor::write_safetensors(&opt.state(), &optim)?;
-    let state = TrainState { format: FORMAT, progress, model_sha256: sha256(&model)?, optim_sha256: sha256(&optim)? };
-    let write = |name: &str, text: String| std::fs::write(tmp.join(name), text).map_err(|e| corrupt(&tmp.join(name), e));
+    let model_sha256 = write_tensors(&tmp.join("model.safetensors"), &weights)?;
+    let optim_sha256 = write_tensors(&tmp.join("optim.safetensors"), &opt.state())?;
+    let carry_sha256 = if carry.is_empty() { None } else { Some(write_tensors(&tmp.join("carry.safetensors"), carry)?) };
+    let state = TrainState { format: FORMAT, progress, model_sha256, optim_sha256, carry_sha256 };
+    let write = |name: &str, text: String| bst_core::write_atomically(&tmp.join(name), text.as_bytes()).map_err(|e| corrupt(&tmp.join(name), e));
     write("config.toml", toml::to_string_pretty(config).map_err(|e| corrupt(dir, e))?)?;
     write("state.json", serde_json::to_string_pretty(&state).map_err(|e| corrupt(dir, e))?)?;
+    sync_dir(&tmp).map_err(|e| corrupt(&tmp, e))?;
+    // the old checkpoint goes only once the new one is complete on disk; a crash between the two
+    // steps leaves `dir.tmp` complete and `dir` absent, which a resume treats as no checkpoint
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).map_err(|e| corrupt(dir, e))
+    std::fs::rename(&tmp, dir).map_err(|e| corrupt(dir, e))?;
+    sync_dir(dir.parent().unwrap_or(Path::new("."))).map_err(|e| corrupt(dir, e))
 }
 
-/// Verifies and loads a checkpoint into `vs` and `opt`; returns its state.
-pub fn load(dir: &Path, vs: &nn::VarStore, opt: &mut AdamW) -> Result<TrainState, ModelError> {
+/// Verifies and loads a checkpoint into `vs` and `opt`; returns its state and carried tensors.
+pub fn load(dir: &Path, vs: &nn::VarStore, opt: &mut AdamW) -> Result<Loaded, ModelError> {
     let state = verify(dir)?;
     load_weights(&dir.join("model.safetensors"), vs)?;
     let optim = dir.join("optim.safetensors");
-    let moments = Tensor::read_safetensors(&optim).map_err(|e| corrupt(&optim, e))?;
-    opt.load_state(&moments, state.progress.step as i64).map_err(|e| corrupt(&optim, e))?;
-    Ok(state)
+    opt.load_state(&read_tensors(&optim)?, state.progress.step as i64).map_err(|e| corrupt(&optim, e))?;
+    let carry = match state.carry_sha256 {
+        Some(_) => read_tensors(&dir.join("carry.safetensors"))?,
+        None => Vec::new(),
+    };
+    Ok(Loaded { state, carry })
 }
 
-/// Reads `state.json` and checks both tensor files against its checksums.
+/// Reads `state.json` and checks every tensor file against its checksum.
 pub fn verify(dir: &Path) -> Result<TrainState, ModelError> {
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| corrupt(&state_path, e))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| corrupt(&state_path, format!("unreadable: {e}")))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| corrupt(&state_path, format!("unreadable (format {FORMAT} expected): {e}")))?;
     if state.format != FORMAT {
         return Err(corrupt(&state_path, format!("format {} is not the supported {FORMAT}", state.format)));
     }
-    let (model, optim) = (dir.join("model.safetensors"), dir.join("optim.safetensors"));
-    for (path, expected) in [(&model, &state.model_sha256), (&optim, &state.optim_sha256)] {
-        let actual = sha256(path)?;
+    let files = [("model.safetensors", Some(&state.model_sha256)), ("optim.safetensors", Some(&state.optim_sha256)), ("carry.safetensors", state.carry_sha256.as_ref())];
+    for (name, expected) in files {
+        let Some(expected) = expected else { continue };
+        let path = dir.join(name);
+        let actual = sha256(&path)?;
         if actual != *expected {
-            return Err(corrupt(path, format!("checksum {actual} does not match state.json ({expected}): truncated or modified")));
+            return Err(corrupt(&path, format!("checksum {actual} does not match state.json ({expected}): truncated or modified")));
         }
     }
     Ok(state)

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use bst_data::lra::{LraBatch, LraDataset, LraSampler, Padded};
 use bst_data::SplitName;
+use bst_core::params::linear;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -36,14 +37,17 @@ impl Classifier {
         if data.seq_len > run.train.seq_len {
             return Err(ModelError::invalid("train.seq_len", run.train.seq_len, format!("must be at least the task's input length {} ({})", data.seq_len, data.task)));
         }
-        let backbone = run.build_model(&(vs / "backbone"), data.vocab_size)?;
-        let (d, classes) = (run.model.d_model as i64, data.num_classes as i64);
-        let head = match data.task.is_pair() {
-            false => nn::seq().add(nn::linear(vs / "head" / 0, d, classes, Default::default())),
-            true => nn::seq()
-                .add(nn::linear(vs / "head" / 0, 4 * d, d, Default::default()))
-                .add_fn(|x| x.relu())
-                .add(nn::linear(vs / "head" / 2, d, classes, Default::default())),
+        Self::with_head(vs, run, data.vocab_size, data.num_classes, data.task.is_pair())
+    }
+
+    /// The backbone of `run` over `vocab_size` tokens and a head for `classes` classes: linear,
+    /// or for a pair task (`pair`) the dual encoder's two-layer MLP.
+    pub fn with_head(vs: &nn::Path, run: &RunConfig, vocab_size: usize, classes: usize, pair: bool) -> Result<Self, ModelError> {
+        let backbone = run.build_model(&(vs / "backbone"), vocab_size)?;
+        let (d, classes) = (run.model.d_model as i64, classes as i64);
+        let head = match pair {
+            false => nn::seq().add(linear(&(vs / "head" / 0), d, classes)),
+            true => nn::seq().add(linear(&(vs / "head" / 0), 4 * d, d)).add_fn(|x| x.relu()).add(linear(&(vs / "head" / 2), d, classes)),
         };
         Ok(Self { backbone, head, seq_len: run.train.seq_len as i64 })
     }
@@ -119,9 +123,7 @@ pub fn train_classifier(model: &Classifier, vs: &nn::VarStore, run: &RunConfig, 
             return Err(ModelError::Interrupted { step });
         }
     }
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
+    bst_core::sync(device);
     Ok(TrainOutcome { steps: t.steps, tokens_seen, wall_s: start.elapsed().as_secs_f64(), final_loss: last_loss })
 }
 

@@ -3,6 +3,7 @@
 use std::{fmt, str::FromStr};
 
 use bst_attn::ContextVariant;
+use bst_core::InvalidConfig;
 use bst_ssm::SsmKind;
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +19,7 @@ pub enum Architecture {
     /// Block-Recurrent Transformer: SLIDE layers plus one BRECT:FIXED:SKIP recurrent layer at
     /// `model.recurrent_layer`, blocks processed in sequence.
     Brect,
-    /// Transformer-XL: segments of `attn.window` tokens, each attending to itself and to a
+    /// Transformer-XL: segments of `model.segment_len` tokens, each attending to itself and to a
     /// stop-gradient memory of `model.memory_len` previous positions.
     TransformerXl,
     /// GSS-HYBRID (Mehta et al.): Gated State Space layers at `model.ssm_layers`, SLIDE block
@@ -49,6 +50,11 @@ impl Architecture {
 
     fn allowed() -> String {
         Self::ALL.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether `model.ssm_layers` names this architecture's SSM layers (BST, GSS-HYBRID).
+    pub fn has_ssm_layers(self) -> bool {
+        matches!(self, Architecture::Bst { .. } | Architecture::GssHybrid)
     }
 }
 
@@ -113,14 +119,22 @@ pub struct ModelConfig {
     pub mlp_ratio: usize,
     /// Dropout on embeddings, attention and residual branches during training.
     pub dropout: f64,
-    /// Indices of the SSM layers: BST layers for BST, GSS layers for GSS-HYBRID; empty otherwise.
+    /// Indices of the SSM layers (BST layers for BST, GSS layers for GSS-HYBRID; empty
+    /// otherwise), **0-based**: 0 is the first layer. The paper counts layers from 1 ("a BST
+    /// layer at 3, 6, 9 or 12" of 12), so its layer k is index k - 1 here; every report and
+    /// `--dry-run` prints the placement both ways.
     pub ssm_layers: Vec<usize>,
     /// Context states S: the SSM filters of BST:MF, the recurrent states of BRECT (paper: 512);
     /// SH and MH use S = W.
     pub context_states: usize,
-    /// Index of BRECT's recurrent layer; negative counts from the end (meliad: -3).
+    /// Index of BRECT's recurrent layer, 0-based; negative counts from the end (meliad: -3,
+    /// layer 10 of 12 in the paper's 1-based count).
     pub recurrent_layer: i64,
-    /// Transformer-XL memory length M (paper: 2048).
+    /// Transformer-XL: tokens per segment (the paper's TRSF-XL:2048 has segment = window = 2048).
+    /// `train.seq_len` must be a multiple of it; each segment attends to itself and the memory.
+    pub segment_len: usize,
+    /// Transformer-XL: memory length M, the earlier positions each segment sees without gradient
+    /// (paper: 2048).
     pub memory_len: usize,
 }
 
@@ -130,6 +144,115 @@ impl ModelConfig {
         let n = self.n_layers as i64;
         let i = if self.recurrent_layer < 0 { n + self.recurrent_layer } else { self.recurrent_layer };
         (0..n).contains(&i).then_some(i as usize)
+    }
+
+    /// The layer plan: which mixer each layer has, checked once against the architecture's rules.
+    pub fn plan(&self) -> Result<LayerPlan, InvalidConfig> {
+        let arch = self.arch;
+        if self.n_layers == 0 {
+            return Err(InvalidConfig::new("model.n_layers", self.n_layers, "must be >= 1"));
+        }
+        if arch.has_ssm_layers() && self.ssm_layers.is_empty() {
+            return Err(InvalidConfig::new("model.ssm_layers", &self.ssm_layers, format!("{arch} needs at least one SSM layer index (0-based)")));
+        }
+        if !arch.has_ssm_layers() && !self.ssm_layers.is_empty() {
+            return Err(InvalidConfig::new("model.ssm_layers", &self.ssm_layers, format!("{arch} has no SSM layers: leave it empty")));
+        }
+        if let Some(bad) = self.ssm_layers.iter().find(|&&i| i >= self.n_layers) {
+            let reason = format!("index {bad} is not a layer: indices are 0-based, 0..={} for model.n_layers = {}", self.n_layers - 1, self.n_layers);
+            return Err(InvalidConfig::new("model.ssm_layers", &self.ssm_layers, reason));
+        }
+        let needs_states = matches!(arch, Architecture::Brect | Architecture::Bst { context: ContextVariant::Mf, .. });
+        if needs_states && self.context_states == 0 {
+            return Err(InvalidConfig::new("model.context_states", self.context_states, format!("{arch} needs at least one context state")));
+        }
+        let recurrent = match arch {
+            Architecture::Brect => Some(self.recurrent_index().ok_or_else(|| {
+                InvalidConfig::new("model.recurrent_layer", self.recurrent_layer, format!("not a layer of model.n_layers = {} (0-based, negative from the end)", self.n_layers))
+            })?),
+            _ => None,
+        };
+        if arch == Architecture::TransformerXl && self.segment_len == 0 {
+            return Err(InvalidConfig::new("model.segment_len", self.segment_len, "TRSF-XL needs segments of at least one token"));
+        }
+        let kinds = (0..self.n_layers)
+            .map(|i| match arch {
+                Architecture::Bst { context, ssm } if self.ssm_layers.contains(&i) => LayerKind::Bst { context, ssm },
+                Architecture::GssHybrid if self.ssm_layers.contains(&i) => LayerKind::Gss,
+                Architecture::Brect if recurrent == Some(i) => LayerKind::Brect,
+                Architecture::TransformerXl => LayerKind::Xl,
+                Architecture::Transformer => LayerKind::Attention,
+                _ => LayerKind::Slide,
+            })
+            .collect();
+        Ok(LayerPlan(kinds))
+    }
+}
+
+/// The sequence mixer of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// SLIDE windowed self-attention.
+    Slide,
+    /// A BST layer: SLIDE self-attention plus cross-attention to SSM context states.
+    Bst { context: ContextVariant, ssm: SsmKind },
+    /// BRECT:FIXED:SKIP's recurrent cell.
+    Brect,
+    /// Transformer-XL attention with memory.
+    Xl,
+    /// Full causal self-attention (TRANSFORMER).
+    Attention,
+    /// A Gated State Space layer (no MLP after it).
+    Gss,
+}
+
+impl fmt::Display for LayerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayerKind::Slide => f.write_str("SLIDE"),
+            LayerKind::Bst { context, ssm } => write!(f, "{}", Architecture::Bst { context: *context, ssm: *ssm }),
+            LayerKind::Brect => f.write_str("BRECT"),
+            LayerKind::Xl => f.write_str("XL"),
+            LayerKind::Attention => f.write_str("ATTN"),
+            LayerKind::Gss => f.write_str("GSS"),
+        }
+    }
+}
+
+/// The model's structure as data: one mixer per layer, in order (candle's `block_types`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerPlan(pub Vec<LayerKind>);
+
+impl LayerPlan {
+    /// Whether some layer always carries state from one window to the next (BRECT's recurrent
+    /// state, Transformer-XL's memory). Windowed self-attention carries its last block too when
+    /// `attn.cache_across_windows` is on: see `RunConfig::carries_state`.
+    pub fn has_recurrent_layers(&self) -> bool {
+        self.0.iter().any(|k| matches!(k, LayerKind::Brect | LayerKind::Xl))
+    }
+
+    /// Whether some layer works on blocks of `attn.window` tokens.
+    pub fn is_blocked(&self) -> bool {
+        self.0.iter().any(|k| matches!(k, LayerKind::Slide | LayerKind::Bst { .. } | LayerKind::Brect))
+    }
+
+    /// The layers that are not SLIDE, numbered from 1 as in the paper: `"2 BST:SH:S4D, 4 BST:SH:S4D"`
+    /// (every layer, when all are of one other kind: `"1-4 XL"`).
+    pub fn placement(&self) -> String {
+        let special: Vec<String> = self.0.iter().enumerate().filter(|(_, k)| **k != LayerKind::Slide).map(|(i, k)| format!("{} {k}", i + 1)).collect();
+        match self.0.first() {
+            Some(first) if *first != LayerKind::Slide && self.0.iter().all(|k| k == first) => format!("1-{} {first}", self.0.len()),
+            _ if special.is_empty() => format!("1-{} SLIDE", self.0.len()),
+            _ => special.join(", "),
+        }
+    }
+}
+
+impl fmt::Display for LayerPlan {
+    /// Every layer, 1-based: `1 SLIDE | 2 BST:SH:S4D | 3 SLIDE`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let layers: Vec<String> = self.0.iter().enumerate().map(|(i, k)| format!("{} {k}", i + 1)).collect();
+        f.write_str(&layers.join(" | "))
     }
 }
 
@@ -145,6 +268,7 @@ impl Default for ModelConfig {
             ssm_layers: Vec::new(),
             context_states: 64,
             recurrent_layer: -3,
+            segment_len: 2048,
             memory_len: 2048,
         }
     }
@@ -153,6 +277,39 @@ impl Default for ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model(arch: &str, n_layers: usize, ssm_layers: &[usize]) -> ModelConfig {
+        ModelConfig { arch: arch.parse().unwrap(), n_layers, ssm_layers: ssm_layers.to_vec(), ..ModelConfig::default() }
+    }
+
+    #[test]
+    fn the_plan_places_each_mixer_and_prints_the_paper_numbering() {
+        let plan = model("BST:SH:S4D", 4, &[1, 3]).plan().unwrap();
+        let sh = LayerKind::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4d };
+        assert_eq!(plan.0, vec![LayerKind::Slide, sh, LayerKind::Slide, sh]);
+        assert_eq!(plan.placement(), "2 BST:SH:S4D, 4 BST:SH:S4D", "index 1 is the paper's layer 2");
+        assert_eq!(plan.to_string(), "1 SLIDE | 2 BST:SH:S4D | 3 SLIDE | 4 BST:SH:S4D");
+        let brect = ModelConfig { recurrent_layer: -3, ..model("BRECT:FIXED:SKIP", 12, &[]) }.plan().unwrap();
+        assert_eq!(brect.placement(), "10 BRECT", "meliad's -3 is layer 10 of 12");
+        assert!(brect.has_recurrent_layers() && brect.is_blocked());
+        assert_eq!(model("TRSF-XL", 3, &[]).plan().unwrap().placement(), "1-3 XL");
+        assert_eq!(model("SLIDE", 3, &[]).plan().unwrap().placement(), "1-3 SLIDE");
+        let full = model("TRANSFORMER", 2, &[]).plan().unwrap();
+        assert!(!full.has_recurrent_layers() && !full.is_blocked());
+        assert_eq!(model("GSS-HYBRID", 3, &[0]).plan().unwrap().0[0], LayerKind::Gss);
+    }
+
+    #[test]
+    fn invalid_plans_name_the_key() {
+        let err = |m: ModelConfig| m.plan().unwrap_err().to_string();
+        assert!(err(model("BST:SH:S4D", 4, &[4])).starts_with("model.ssm_layers = [4]: index 4 is not a layer: indices are 0-based, 0..=3"), "{}", err(model("BST:SH:S4D", 4, &[4])));
+        assert!(err(model("BST:SH:S4D", 4, &[])).contains("needs at least one SSM layer"));
+        assert!(err(model("SLIDE", 4, &[0])).contains("SLIDE has no SSM layers"));
+        assert!(err(ModelConfig { recurrent_layer: -5, ..model("BRECT:FIXED:SKIP", 4, &[]) }).starts_with("model.recurrent_layer = -5"));
+        assert!(err(ModelConfig { context_states: 0, ..model("BST:MF:S4", 4, &[1]) }).starts_with("model.context_states = 0"));
+        assert!(err(ModelConfig { segment_len: 0, ..model("TRSF-XL", 2, &[]) }).starts_with("model.segment_len = 0"));
+        assert!(err(model("SLIDE", 0, &[])).starts_with("model.n_layers = 0"));
+    }
 
     #[test]
     fn names_round_trip_and_unknown_names_list_the_choices() {

@@ -1,9 +1,11 @@
 //! Errors of model construction, training and evaluation.
 
+use bst_core::InvalidConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{key} = {value}: {reason}")]
-    InvalidConfig { key: &'static str, value: String, reason: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidConfig),
     #[error(transparent)]
     Attn(#[from] bst_attn::AttnError),
     #[error(transparent)]
@@ -14,6 +16,8 @@ pub enum ModelError {
     NonFinite { step: usize, what: String, value: f64 },
     #[error("interrupted at step {step}")]
     Interrupted { step: usize },
+    #[error("libtorch autocast: {reason}")]
+    Autocast { reason: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     #[error("checkpoint {path}: {reason}")]
@@ -21,7 +25,7 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn invalid(key: &'static str, value: impl std::fmt::Debug, reason: impl ToString) -> Self {
-        ModelError::InvalidConfig { key, value: format!("{value:?}"), reason: reason.to_string() }
+    pub(crate) fn invalid(key: &str, value: impl std::fmt::Debug, reason: impl Into<String>) -> Self {
+        ModelError::Invalid(InvalidConfig::new(key, value, reason))
     }
 }

@@ -3,7 +3,9 @@
 //! The split is read as `rows` contiguous stretches walked in step; models that carry state
 //! (BRECT, Transformer-XL) carry it from each window to the next, as in the original
 //! evaluations; for the others the state is empty and nothing changes. The evaluation length may
-//! differ from the training length (length generalisation).
+//! differ from the training length (length generalisation). Bits per byte divide by the exact
+//! bytes of the tokens scored (each target's byte length, from the tokenizer's table), not by an
+//! average over the split.
 
 use bst_data::{EvalWindows, TokenStream};
 use serde::{Deserialize, Serialize};
@@ -112,9 +114,11 @@ pub fn evaluate_with_precision(
     // one region for the whole split: the weights do not change, so their bf16 casts are cached
     let _autocast = Autocast::enter(device, precision)?;
     let mut answers = AnswerSums::default();
+    let mut bytes = 0.0;
     let nll = tch::no_grad(|| {
         windows
             .map(|batch| {
+                bytes += stream.bytes_of(&batch.targets);
                 let logits = model.logits_with_state(&batch.inputs.to_device(device), &mut state, false).flatten(0, 1).to_kind(Kind::Float);
                 state.detach();
                 let targets = batch.targets.to_device(device).flatten(0, 1);
@@ -126,7 +130,7 @@ pub fn evaluate_with_precision(
             })
             .sum::<f64>()
     });
-    let mut metrics = EvalMetrics::from_nll(nll, tokens, tokens as f64 * stream.bytes_per_token());
+    let mut metrics = EvalMetrics::from_nll(nll, tokens, bytes);
     metrics.answers = answers.metrics();
     Ok(metrics)
 }
@@ -150,6 +154,26 @@ mod tests {
         let expected = (nll.double_value(&[1]) + nll.double_value(&[3])) / 2.0 / std::f64::consts::LN_2;
         assert!((m.bits - expected).abs() < 1e-6);
         assert!(AnswerSums::default().metrics().is_none(), "no answers, no metrics");
+    }
+
+    /// Bits per byte divide the total nats by the bytes of exactly the targets scored: a
+    /// hand-made vocabulary of 4 tokens spelling 1, 2, 3 and 4 bytes, a stream of 9 tokens, so the
+    /// 8 predicted targets are checked by hand.
+    #[test]
+    fn bits_per_byte_count_the_bytes_of_the_scored_tokens() {
+        let ids: Vec<u32> = vec![3, 0, 1, 2, 3, 3, 1, 0, 2]; // targets: 0 1 2 3 3 1 0 2
+        let stream = TokenStream::from_ids(ids, std::sync::Arc::new(vec![1, 2, 3, 4]));
+        assert_eq!(stream.bytes, 4 + 1 + 2 + 3 + 4 + 4 + 2 + 1 + 3);
+        let target_bytes = 1.0 + 2.0 + 3.0 + 4.0 + 4.0 + 2.0 + 1.0 + 3.0; // 20, by hand
+        let mut run = crate::lm::tests::tiny_run("SLIDE", &[], &bst_ssm::SsmConfig::default());
+        (run.attn.window, run.train.seq_len) = (4, 8);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let lm = run.build_model(&vs.root(), 4).unwrap();
+        let m = evaluate(&lm, &stream, 8, 1, 0, Device::Cpu).unwrap();
+        assert_eq!((m.tokens, m.bytes), (8, target_bytes));
+        let nll: f64 = lm.score(&(0..9).map(|i| i64::from(stream.get(i))).collect::<Vec<_>>(), Device::Cpu).iter().map(|l| -l).sum();
+        assert!((m.bits_per_byte - nll / std::f64::consts::LN_2 / target_bytes).abs() < 1e-6, "{} vs {}", m.bits_per_byte, nll / std::f64::consts::LN_2 / target_bytes);
+        assert!((m.bits_per_token - nll / std::f64::consts::LN_2 / 8.0).abs() < 1e-6);
     }
 
     #[test]

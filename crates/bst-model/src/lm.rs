@@ -1,49 +1,51 @@
 //! The decoder language model: embedding -> layers -> norm -> head, every layer pre-norm:
 //! `x = x + mixer(norm1(x)); x = x + mlp(norm2(x))` (nanoGPT's Block; GSS blocks have no MLP).
 //!
-//! The mixer of a layer is chosen by the architecture: SLIDE block attention, a BST layer, the
-//! BRECT recurrent cell, Transformer-XL attention, full causal attention, or a GSS layer. BRECT
-//! and Transformer-XL carry state across windows: [`LmState`] holds it, explicitly.
+//! Which mixer each layer has is the run's [`LayerPlan`], computed and checked once by
+//! `RunConfig::validate`. Every mixer has the one signature of [`bst_attn::Mixer`] and owns its
+//! state; [`LmState`] carries the states of all layers from one window to the next (BRECT,
+//! Transformer-XL) and is empty for the others.
 
-use bst_attn::{AttnConfig, BlockScope, BlockSelfAttention, BrectCell, BrectState, BstAttention, BstSpec, HeadDims, XlAttention};
-use bst_ssm::{GssLayer, SsmConfig, SsmKind};
+use bst_attn::{BlockSelfAttention, BrectCell, BstAttention, LayerConfig, Mixer, MixerState, XlAttention};
+use bst_core::params::{embedding, layer_norm, linear};
+use bst_ssm::{GssLayer, SsmKind};
 use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
-use crate::{Architecture, Autocast, ModelConfig, ModelError, Precision};
+use crate::config::{LayerKind, LayerPlan};
+use crate::{Autocast, ModelConfig, ModelError, Precision};
 
-/// The sequence-mixing sublayer of one residual layer.
-#[derive(Debug)]
-enum Mixer {
-    Slide(BlockSelfAttention),
-    Bst(Box<BstAttention>),
-    Brect(Box<BrectCell>),
-    /// Transformer-XL: segments of `segment` tokens with a memory (TRANSFORMER: one segment, no memory).
-    Xl { attn: XlAttention, segment: Option<i64> },
-    Gss(GssLayer),
-}
-
-/// What one layer carries from one window to the next.
-#[derive(Debug)]
-enum LayerState {
-    Brect(BrectState),
-    Xl(Tensor),
-}
-
-/// The state of every stateful layer; empty (fresh) at the start of a text.
+/// The state every layer carries between calls; fresh at the start of a text.
 #[derive(Debug, Default)]
 pub struct LmState {
-    layers: Vec<Option<LayerState>>,
+    layers: Vec<MixerState>,
 }
 
 impl LmState {
-    /// A copy without gradient history, to carry into the next window.
+    /// Cuts the gradient history, to carry the state into the next window.
     pub fn detach(&mut self) {
-        for s in self.layers.iter_mut().flatten() {
-            match s {
-                LayerState::Brect(b) => *b = b.detached(),
-                LayerState::Xl(m) => *m = m.detach(),
-            }
-        }
+        self.layers.iter_mut().for_each(MixerState::detach);
+    }
+
+    /// Marks `rows` (`[batch]` bool) as starting a new text in every layer.
+    pub fn reset_rows(&mut self, rows: &Tensor) {
+        self.layers.iter_mut().for_each(|s| s.reset_rows(rows));
+    }
+
+    /// The carried tensors, named `layers.<i>.<name>`, contiguous (for checkpoints).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.layers.iter().enumerate().flat_map(|(i, s)| s.tensors().into_iter().map(move |(n, t)| (format!("layers.{i}.{n}"), t.contiguous()))).collect()
+    }
+
+    /// Rebuilds the state of `n_layers` layers from [`Self::tensors`]' output.
+    pub fn from_tensors(n_layers: usize, tensors: &[(String, Tensor)]) -> Result<Self, String> {
+        let layers = (0..n_layers)
+            .map(|i| {
+                let prefix = format!("layers.{i}.");
+                let mine: Vec<(String, Tensor)> = tensors.iter().filter_map(|(n, t)| n.strip_prefix(&prefix).map(|rest| (rest.to_owned(), t.shallow_clone()))).collect();
+                MixerState::from_tensors(&mine)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { layers })
     }
 }
 
@@ -57,11 +59,7 @@ struct Mlp {
 
 impl Mlp {
     fn new(vs: &nn::Path, d_model: i64, hidden: i64, dropout: f64) -> Self {
-        Self {
-            fc: nn::linear(vs / "fc", d_model, hidden, Default::default()),
-            proj: nn::linear(vs / "proj", hidden, d_model, Default::default()),
-            dropout,
-        }
+        Self { fc: linear(&(vs / "fc"), d_model, hidden), proj: linear(&(vs / "proj"), hidden, d_model), dropout }
     }
 }
 
@@ -71,50 +69,36 @@ impl ModuleT for Mlp {
     }
 }
 
+/// One residual layer.
 #[derive(Debug)]
 struct Layer {
     norm1: nn::LayerNorm,
-    mixer: Mixer,
+    mixer: Box<dyn Mixer>,
     /// None for GSS blocks, whose gated branch replaces the MLP.
     mlp: Option<(nn::LayerNorm, Mlp)>,
 }
 
 impl Layer {
-    fn forward(&self, xs: &Tensor, state: &mut Option<LayerState>, train: bool) -> Tensor {
-        let h = self.norm1.forward(xs);
-        let h = match &self.mixer {
-            Mixer::Slide(attn) => attn.forward_t(&h, train),
-            Mixer::Bst(bst) => bst.forward_t(&h, train),
-            Mixer::Gss(gss) => gss.forward_t(&h, train),
-            Mixer::Brect(cell) => {
-                let mut carry = match state.take() {
-                    Some(LayerState::Brect(b)) => b,
-                    _ => cell.initial_state(h.size()[0]),
-                };
-                let y = cell.forward_t(&h, &mut carry, train);
-                *state = Some(LayerState::Brect(carry));
-                y
-            }
-            Mixer::Xl { attn, segment } => {
-                let mut memory = match state.take() {
-                    Some(LayerState::Xl(m)) => Some(m),
-                    _ => None,
-                };
-                let seq = h.size()[1];
-                let len = segment.unwrap_or(seq).min(seq);
-                let mut outputs = Vec::new();
-                for start in (0..seq).step_by(len as usize) {
-                    let (y, m) = attn.forward_t(&h.narrow(1, start, len.min(seq - start)), memory.as_ref(), train);
-                    outputs.push(y);
-                    memory = Some(m);
-                }
-                if segment.is_some() {
-                    *state = memory.map(LayerState::Xl);
-                }
-                Tensor::cat(&outputs, 1)
-            }
+    fn new(vs: &nn::Path, kind: LayerKind, cfg: &LayerConfig, mlp_ratio: usize) -> Result<Self, ModelError> {
+        let d = cfg.dims.d_model as i64;
+        let mp = &(vs / "mixer");
+        let mixer: Box<dyn Mixer> = match kind {
+            LayerKind::Slide => Box::new(BlockSelfAttention::new(mp, cfg)),
+            LayerKind::Bst { context, ssm } => Box::new(BstAttention::new(mp, cfg, context, ssm)?),
+            LayerKind::Brect => Box::new(BrectCell::new(mp, cfg)),
+            LayerKind::Xl => Box::new(XlAttention::transformer_xl(mp, cfg)),
+            LayerKind::Attention => Box::new(XlAttention::full(mp, cfg)),
+            // GSS uses DSS, a diagonal SSM; S4D is that family's standard form
+            LayerKind::Gss => Box::new(GssLayer::new(mp, cfg.dims.d_model, SsmKind::S4d, &cfg.ssm, cfg.max_len)?),
         };
-        let xs = xs + h;
+        let mlp = (kind != LayerKind::Gss).then(|| (layer_norm(&(vs / "norm2"), d), Mlp::new(&(vs / "mlp"), d, d * mlp_ratio as i64, cfg.dims.dropout)));
+        Ok(Self { norm1: layer_norm(&(vs / "norm1"), d), mixer, mlp })
+    }
+
+    /// # Shapes
+    /// - `xs`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
+    fn forward(&self, xs: &Tensor, state: &mut MixerState, train: bool) -> Tensor {
+        let xs = xs + self.mixer.forward(&self.norm1.forward(xs), state, train);
         match &self.mlp {
             Some((norm2, mlp)) => &xs + mlp.forward_t(&norm2.forward(&xs), train),
             None => xs,
@@ -122,66 +106,44 @@ impl Layer {
     }
 }
 
-/// A decoder LM over the layers of one architecture.
+/// A decoder LM over the layers of a plan.
 #[derive(Debug)]
 pub struct LanguageModel {
     embed: nn::Embedding,
     layers: Vec<Layer>,
     norm: nn::LayerNorm,
     head: nn::Linear,
+    plan: LayerPlan,
     dropout: f64,
     /// Window length used by [`Self::score`] (the training length).
     max_len: i64,
-    /// Inputs must be a whole number of these (the attention block W; 1 for TRANSFORMER).
+    /// Inputs must be a whole number of these (the window, the XL segment, or 1).
     block: i64,
 }
 
 impl LanguageModel {
-    /// Builds the model; variable names follow the module tree (`layers.3.mixer.ssm.conv.s4d.log_dt`).
-    /// `max_len` is the training sequence length (the number of taps of unstructured filters).
-    pub fn new(
-        vs: &nn::Path,
-        model: &ModelConfig,
-        attn: &AttnConfig,
-        ssm: &SsmConfig,
-        vocab_size: usize,
-        max_len: usize,
-    ) -> Result<Self, ModelError> {
-        let d = model.d_model as i64;
-        let dims = HeadDims { d_model: model.d_model, n_heads: model.n_heads, dropout: model.dropout };
-        let layers = (0..model.n_layers)
-            .map(|i| {
-                let p = vs / "layers" / i;
-                let mp = &p / "mixer";
-                let slide = || BlockSelfAttention::new(&mp, dims, attn, BlockScope::OwnAndPrevious).map(Mixer::Slide);
-                let is_ssm_layer = model.ssm_layers.contains(&i);
-                let mixer = match model.arch {
-                    Architecture::Bst { context, ssm: ssm_kind } if is_ssm_layer => {
-                        let spec = BstSpec { variant: context, ssm_kind, context_states: model.context_states, max_len };
-                        Mixer::Bst(Box::new(BstAttention::new(&mp, dims, attn, ssm, spec)?))
-                    }
-                    Architecture::Brect if model.recurrent_index() == Some(i) => Mixer::Brect(Box::new(BrectCell::new(&mp, dims, attn, model.context_states)?)),
-                    Architecture::GssHybrid if is_ssm_layer => Mixer::Gss(GssLayer::new(&mp, model.d_model, SsmKind::S4d, ssm, max_len)?),
-                    Architecture::TransformerXl => Mixer::Xl { attn: XlAttention::new(&mp, dims, attn, model.memory_len)?, segment: Some(attn.window as i64) },
-                    Architecture::Transformer => Mixer::Xl { attn: XlAttention::new(&mp, dims, attn, 0)?, segment: None },
-                    _ => slide()?,
-                };
-                let mlp = (!matches!(mixer, Mixer::Gss(_))).then(|| {
-                    (nn::layer_norm(&p / "norm2", vec![d], Default::default()), Mlp::new(&(&p / "mlp"), d, d * model.mlp_ratio as i64, model.dropout))
-                });
-                Ok(Layer { norm1: nn::layer_norm(&p / "norm1", vec![d], Default::default()), mixer, mlp })
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        let embed_cfg = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
+    /// Builds the layers of `plan`; variable names follow the module tree
+    /// (`layers.3.mixer.ssm.conv.s4d.log_dt`). Use `RunConfig::build_model`, which validates.
+    pub fn new(vs: &nn::Path, plan: LayerPlan, cfg: &LayerConfig, model: &ModelConfig, vocab_size: usize) -> Result<Self, ModelError> {
+        let d = cfg.dims.d_model as i64;
+        let layers = plan.0.iter().enumerate().map(|(i, &kind)| Layer::new(&(vs / "layers" / i), kind, cfg, model.mlp_ratio)).collect::<Result<Vec<_>, _>>()?;
+        let window = if plan.is_blocked() { cfg.attn.window } else { 1 };
+        let segment = if plan.0.contains(&LayerKind::Xl) { cfg.segment_len } else { 1 };
         Ok(Self {
-            embed: nn::embedding(vs / "embed", vocab_size as i64, d, embed_cfg),
+            embed: embedding(&(vs / "embed"), vocab_size as i64, d),
             layers,
-            norm: nn::layer_norm(vs / "norm", vec![d], Default::default()),
-            head: nn::linear(vs / "head", d, vocab_size as i64, Default::default()),
-            dropout: model.dropout,
-            max_len: max_len as i64,
-            block: if model.arch == Architecture::Transformer { 1 } else { attn.window as i64 },
+            norm: layer_norm(&(vs / "norm"), d),
+            head: linear(&(vs / "head"), d, vocab_size as i64),
+            plan,
+            dropout: cfg.dims.dropout,
+            max_len: cfg.max_len as i64,
+            block: lcm(window, segment) as i64,
         })
+    }
+
+    /// Which mixer each layer has.
+    pub fn plan(&self) -> &LayerPlan {
+        &self.plan
     }
 
     /// Next-token logits from a fresh state.
@@ -210,7 +172,7 @@ impl LanguageModel {
     }
 
     fn hidden_with_state(&self, tokens: &Tensor, state: &mut LmState, train: bool) -> Tensor {
-        state.layers.resize_with(self.layers.len(), || None);
+        state.layers.resize_with(self.layers.len(), MixerState::default);
         let mut xs = self.embed.forward(tokens).dropout(self.dropout, train); // [b, seq, d]
         for (layer, s) in self.layers.iter().zip(state.layers.iter_mut()) {
             xs = layer.forward(&xs, s, train);
@@ -218,7 +180,9 @@ impl LanguageModel {
         self.norm.forward(&xs)
     }
 
-    /// Mean next-token cross-entropy in nats (f32), from a fresh state.
+    /// Mean next-token cross-entropy in nats (f32) over the targets that are not
+    /// `bst_data::IGNORE` (padding), starting from `state` and leaving the state after `tokens`
+    /// in it.
     ///
     /// Logits are cast to f32 before the softmax: under bf16 autocast they arrive in bf16, whose
     /// 8-bit significand would round the log-probabilities of a 32k vocabulary badly (and CPU
@@ -226,9 +190,14 @@ impl LanguageModel {
     ///
     /// # Shapes
     /// - `tokens`, `targets`: `[batch, seq]` -> scalar
+    pub fn loss_with_state(&self, tokens: &Tensor, targets: &Tensor, state: &mut LmState, train: bool) -> Tensor {
+        let logits = self.logits_with_state(tokens, state, train).flatten(0, 1).to_kind(Kind::Float); // [batch * seq, vocab]
+        logits.cross_entropy_loss::<Tensor>(&targets.flatten(0, 1), None, tch::Reduction::Mean, bst_data::IGNORE, 0.0)
+    }
+
+    /// [`Self::loss_with_state`] from a fresh state.
     pub fn loss(&self, tokens: &Tensor, targets: &Tensor, train: bool) -> Tensor {
-        let logits = self.logits(tokens, train).flatten(0, 1).to_kind(Kind::Float); // [batch * seq, vocab]
-        logits.cross_entropy_for_logits(&targets.flatten(0, 1))
+        self.loss_with_state(tokens, targets, &mut LmState::default(), train)
     }
 
     /// `log p(token_i | tokens_<i)` in nats for i = 1.. (the first token has no prediction),
@@ -266,14 +235,23 @@ impl LanguageModel {
     }
 }
 
+fn lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    a / gcd(a, b) * b
+}
+
 /// Number of scalar parameters in a var store.
 pub fn parameter_count(vs: &nn::VarStore) -> usize {
     vs.trainable_variables().iter().map(|t| t.numel()).sum()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::RunConfig;
+    use bst_ssm::SsmConfig;
     use tch::{Device, Kind};
 
     /// Every architecture, with SSM layers where it has them.
@@ -291,17 +269,24 @@ mod tests {
         ("TRANSFORMER", &[]),
     ];
 
-    fn model(arch: &str, ssm_layers: &[usize]) -> (nn::VarStore, LanguageModel) {
-        model_with(arch, ssm_layers, &SsmConfig::default())
+    /// A two-layer model of `arch`: d 32, W 8, training length 32, XL segments of 16 with memory 32.
+    pub(crate) fn tiny_run(arch: &str, ssm_layers: &[usize], ssm: &SsmConfig) -> RunConfig {
+        let mut run = RunConfig::default();
+        run.model = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, ssm_layers: ssm_layers.to_vec(), context_states: 4, recurrent_layer: -1, segment_len: 16, memory_len: 32, ..ModelConfig::default() };
+        run.attn.window = 8;
+        run.ssm = ssm.clone();
+        run.train.seq_len = 32;
+        run
     }
 
     fn model_with(arch: &str, ssm_layers: &[usize], ssm: &SsmConfig) -> (nn::VarStore, LanguageModel) {
-        tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = ModelConfig { arch: arch.parse().unwrap(), n_layers: 2, d_model: 32, n_heads: 2, ssm_layers: ssm_layers.to_vec(), context_states: 4, recurrent_layer: -1, memory_len: 32, ..ModelConfig::default() };
-        let attn = AttnConfig { window: 8, ..AttnConfig::default() };
-        let lm = LanguageModel::new(&vs.root(), &cfg, &attn, ssm, 256, 32).unwrap();
+        let lm = tiny_run(arch, ssm_layers, ssm).build_model(&vs.root(), 256).unwrap();
         (vs, lm)
+    }
+
+    fn model(arch: &str, ssm_layers: &[usize]) -> (nn::VarStore, LanguageModel) {
+        model_with(arch, ssm_layers, &SsmConfig::default())
     }
 
     /// End-to-end causality: changing token t changes no logit before t, for every architecture.
@@ -326,52 +311,93 @@ mod tests {
                 let before = (logits.narrow(1, 0, t) - new.narrow(1, 0, t)).abs().max().double_value(&[]);
                 assert!(before < tolerance, "{arch} {layers:?}: token {t} changed earlier logits by {before} (tolerance {tolerance})");
                 let at = (logits.narrow(1, t, 1) - new.narrow(1, t, 1)).abs().max().double_value(&[]);
-                assert!(at > 1e3 * tolerance, "{arch} {layers:?}: token {t} barely changed its own logits ({at})");
+                // the window excludes the query itself, so at initialisation token t reaches its own
+                // logits through the residual stream only (embeddings ~0.02): smaller, but far above rounding
+                assert!(at > 1e2 * tolerance, "{arch} {layers:?}: token {t} barely changed its own logits ({at})");
             }
         }
     }
 
     #[test]
-    fn bst_layers_sit_where_configured() {
-        let (vs_slide, _) = model("SLIDE", &[]);
-        let (vs_bst, _) = model("BST:SH:S4D", &[1]);
+    fn layers_sit_where_the_plan_says() {
+        let (vs_slide, slide) = model("SLIDE", &[]);
+        let (vs_bst, bst) = model("BST:SH:S4D", &[1]);
+        assert_eq!(bst.plan().to_string(), "1 SLIDE | 2 BST:SH:S4D");
+        assert_eq!(slide.plan().to_string(), "1 SLIDE | 2 SLIDE");
         let names = vs_bst.variables();
         assert!(names.keys().any(|k| k.starts_with("layers.1.mixer.ssm.conv.s4d.")));
         assert!(!names.keys().any(|k| k.starts_with("layers.0.mixer.ssm")));
         assert!(parameter_count(&vs_bst) > parameter_count(&vs_slide));
-        let (vs_brect, _) = model("BRECT:FIXED:SKIP", &[]);
-        assert!(vs_brect.variables().keys().any(|k| k.starts_with("layers.1.mixer.state_ids")), "recurrent_layer = -1 is the last layer");
+        let (vs_brect, brect) = model("BRECT:FIXED:SKIP", &[]);
+        assert_eq!(brect.plan().placement(), "2 BRECT", "recurrent_layer = -1 is the last layer");
+        assert!(vs_brect.variables().keys().any(|k| k.starts_with("layers.1.mixer.state_ids")));
+        let (vs_gss, _) = model("GSS-HYBRID", &[0]);
+        assert!(!vs_gss.variables().keys().any(|k| k.starts_with("layers.0.mlp")), "a GSS block has no MLP");
     }
 
-    /// Scoring a text window by window with carried state equals scoring it in one pass for the
-    /// stateless models, and is causal for all.
+    /// Log-probabilities of `text[1..]` from one forward pass over `text[..n-1]`.
+    fn one_pass(lm: &LanguageModel, text: &[i64]) -> Vec<f64> {
+        let t = Tensor::from_slice(text);
+        let n = text.len() as i64 - 1;
+        let logp = tch::no_grad(|| lm.logits(&t.narrow(0, 0, n).unsqueeze(0), false)).squeeze_dim(0).log_softmax(-1, Kind::Float);
+        Vec::try_from(logp.gather(1, &t.narrow(0, 1, n).unsqueeze(1), false).squeeze_dim(1).to_kind(Kind::Double)).unwrap()
+    }
+
+    fn max_gap(a: &[f64], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    }
+
+    /// What `score` must equal: one forward pass when the text fits in one window (every
+    /// model); for models whose every layer carries what the next window needs (SLIDE's last
+    /// block, BRECT's state, XL's memory) one pass over the whole text, since carrying the state
+    /// across windows is exactly what one longer pass does; for the stateless TRANSFORMER the
+    /// windows scored independently. (BST and GSS layers restart their SSM at each window, so
+    /// they equal neither: the paper's BST has no state across segments.)
     #[test]
-    fn score_gives_one_log_probability_per_predicted_token() {
+    fn score_equals_the_passes_it_stands_for() {
+        let text: Vec<i64> = (0..65).map(|i| (i * 37 % 256) as i64).collect();
         for (arch, layers) in ARCHS {
             let (_vs, lm) = model(arch, layers);
-            let text: Vec<i64> = (0..70).map(|i| (i * 37 % 256) as i64).collect();
             let scores = lm.score(&text, Device::Cpu);
-            assert_eq!(scores.len(), 69, "{arch}");
-            assert!(scores.iter().all(|s| s.is_finite() && *s <= 0.0), "{arch}: {scores:?}");
-            let mut changed = text.clone();
-            changed[50] = (changed[50] + 1) % 256;
-            let rescored = lm.score(&changed, Device::Cpu);
-            let before = scores[..49].iter().zip(&rescored[..49]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            assert!(before < 1e-4, "{arch}: token 50 changed the scores of earlier tokens by {before}");
+            assert_eq!(scores.len(), 64, "{arch}");
+            let gap = max_gap(&scores[..32], &one_pass(&lm, &text[..33]));
+            assert!(gap < 1e-4, "{arch}: the first window differs from one pass by {gap}");
+            let second_window = match arch {
+                "SLIDE" | "BRECT:FIXED:SKIP" | "TRSF-XL" => one_pass(&lm, &text)[32..].to_vec(),
+                "TRANSFORMER" => one_pass(&lm, &text[32..]),
+                _ => continue,
+            };
+            let gap = max_gap(&scores[32..], &second_window);
+            assert!(gap < 1e-4, "{arch}: the second window differs from its reference by {gap}");
         }
     }
 
-    /// Carried state is used: for BRECT and XL the second window's scores depend on the first.
+    /// Carried state is used: the second window's scores depend on the first.
     #[test]
     fn stateful_models_carry_information_across_windows() {
-        for arch in ["BRECT:FIXED:SKIP", "TRSF-XL"] {
+        for arch in ["BRECT:FIXED:SKIP", "TRSF-XL", "SLIDE"] {
             let (_vs, lm) = model(arch, &[]);
             let text: Vec<i64> = (0..64).map(|i| (i * 11 % 256) as i64).collect();
             let mut changed = text.clone();
-            changed[5] = (changed[5] + 3) % 256; // in the first window of 32
+            changed[28] = (changed[28] + 3) % 256; // in the last block of the first window of 32
             let (a, b) = (lm.score(&text, Device::Cpu), lm.score(&changed, Device::Cpu));
             let second_window = a[33..].iter().zip(&b[33..]).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
             assert!(second_window > 1e-6, "{arch}: the first window should influence the second through the state");
         }
+    }
+
+    /// Padding targets (`bst_data::IGNORE`) do not count in the loss.
+    #[test]
+    fn loss_skips_padding_targets() {
+        let (_vs, lm) = model("SLIDE", &[]);
+        let tokens = Tensor::randint(256, [1, 16], (Kind::Int64, Device::Cpu));
+        let targets = Tensor::randint(256, [1, 16], (Kind::Int64, Device::Cpu));
+        let padded = targets.copy();
+        let _ = padded.narrow(1, 10, 6).fill_(bst_data::IGNORE);
+        let logits = lm.logits(&tokens, false).squeeze_dim(0);
+        let expected = logits.narrow(0, 0, 10).cross_entropy_for_logits(&targets.squeeze_dim(0).narrow(0, 0, 10)).double_value(&[]);
+        let got = lm.loss(&tokens, &padded, false).double_value(&[]);
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
     }
 }

@@ -1,14 +1,15 @@
 //! Everything one training run needs, composed from each crate's own table and validated as a
 //! whole before anything starts.
 
-use bst_attn::{AttnConfig, HeadDims};
+use bst_attn::{AttnConfig, HeadDims, LayerConfig};
 use bst_data::lra::LraConfig;
-use bst_data::DataConfig;
+use bst_data::{DataConfig, Sampling};
 use bst_ssm::SsmConfig;
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use crate::{Architecture, LanguageModel, ModelConfig, ModelError, TrainConfig};
+use crate::config::{LayerKind, LayerPlan};
+use crate::{LanguageModel, ModelConfig, ModelError, TrainConfig};
 
 /// One run: `[model]`, `[attn]`, `[ssm]`, `[data]`, `[train]`, the seed, and for a Long Range
 /// Arena classification run, `[lra]`.
@@ -29,51 +30,27 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Checks every cross-field constraint; the error names the key to fix.
-    pub fn validate(&self) -> Result<(), ModelError> {
+    /// Checks every cross-field constraint and returns the layer plan; the error names the key
+    /// to fix. Everything downstream (model, sampler, layers) trusts a validated configuration.
+    pub fn validate(&self) -> Result<LayerPlan, ModelError> {
         let (m, t) = (&self.model, &self.train);
         HeadDims { d_model: m.d_model, n_heads: m.n_heads, dropout: m.dropout }.validate()?;
         self.attn.validate()?;
         self.data.validate()?;
-        if m.n_layers == 0 {
-            return Err(ModelError::invalid("model.n_layers", m.n_layers, "must be >= 1"));
-        }
+        let plan = m.plan()?;
         if m.mlp_ratio == 0 {
             return Err(ModelError::invalid("model.mlp_ratio", m.mlp_ratio, "must be >= 1"));
         }
-        match m.arch {
-            Architecture::Bst { context, .. } => {
-                self.ssm.validate(m.d_model)?;
-                if context == bst_attn::ContextVariant::Mf && m.context_states == 0 {
-                    return Err(ModelError::invalid("model.context_states", m.context_states, format!("{} needs at least one context state", m.arch)));
-                }
-                if m.ssm_layers.is_empty() {
-                    return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("{} needs at least one BST layer index", m.arch)));
-                }
-            }
-            Architecture::GssHybrid => {
-                self.ssm.validate(m.d_model)?;
-                if m.ssm_layers.is_empty() {
-                    return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, "GSS-HYBRID needs the indices of its GSS layers"));
-                }
-            }
-            _ if !m.ssm_layers.is_empty() => {
-                return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("{} has no SSM layers: leave it empty", m.arch)));
-            }
-            Architecture::Brect if m.recurrent_index().is_none() => {
-                return Err(ModelError::invalid("model.recurrent_layer", m.recurrent_layer, format!("not a layer of model.n_layers = {}", m.n_layers)));
-            }
-            Architecture::Brect if m.context_states == 0 => {
-                return Err(ModelError::invalid("model.context_states", m.context_states, "BRECT needs at least one recurrent state"));
-            }
-            _ => {}
+        if m.arch.has_ssm_layers() {
+            self.ssm.validate(m.d_model)?;
         }
-        if let Some(bad) = m.ssm_layers.iter().find(|&&i| i >= m.n_layers) {
-            return Err(ModelError::invalid("model.ssm_layers", &m.ssm_layers, format!("index {bad} is not a layer (model.n_layers = {}, indices 0..={})", m.n_layers, m.n_layers - 1)));
+        if t.seq_len == 0 {
+            return Err(ModelError::invalid("train.seq_len", t.seq_len, "must be >= 1"));
         }
-        let blocks = !matches!(m.arch, Architecture::Transformer);
-        if t.seq_len == 0 || (blocks && t.seq_len % self.attn.window != 0) {
-            return Err(ModelError::invalid("train.seq_len", t.seq_len, format!("must be a positive multiple of attn.window = {}", self.attn.window)));
+        for (multiple, key) in self.length_multiples(&plan) {
+            if t.seq_len % multiple != 0 {
+                return Err(ModelError::invalid("train.seq_len", t.seq_len, format!("must be a multiple of {key} = {multiple}")));
+            }
         }
         if t.eval_length_factors.first() != Some(&1) || t.eval_length_factors.contains(&0) {
             return Err(ModelError::invalid("train.eval_length_factors", &t.eval_length_factors, "must start with 1 (the training length) and hold positive factors"));
@@ -90,22 +67,74 @@ impl RunConfig {
             return Err(ModelError::invalid("train.lr", t.lr, "need lr > 0 and 0 <= min_lr_ratio <= 1"));
         }
         if let Some(lra) = &self.lra {
-            lra.validate()?;
-            if lra.seq_len() > t.seq_len {
-                return Err(ModelError::invalid("train.seq_len", t.seq_len, format!("must hold the {} inputs of lra.seq_len = {} (round up to a multiple of attn.window)", lra.task, lra.seq_len())));
-            }
-            if t.eval_length_factors != [1] {
-                return Err(ModelError::invalid("train.eval_length_factors", &t.eval_length_factors, "a classification run is evaluated at its own length only: use [1]"));
-            }
+            self.validate_lra(lra)?;
+        }
+        Ok(plan)
+    }
+
+    /// What the sequence length must be a multiple of: the window for blocked layers, the segment
+    /// for Transformer-XL.
+    fn length_multiples(&self, plan: &LayerPlan) -> Vec<(usize, &'static str)> {
+        let mut out = Vec::new();
+        if plan.is_blocked() {
+            out.push((self.attn.window, "attn.window"));
+        }
+        if plan.0.contains(&LayerKind::Xl) {
+            out.push((self.model.segment_len, "model.segment_len"));
+        }
+        out
+    }
+
+    fn validate_lra(&self, lra: &LraConfig) -> Result<(), ModelError> {
+        let t = &self.train;
+        lra.validate()?;
+        if lra.seq_len() > t.seq_len {
+            return Err(ModelError::invalid("train.seq_len", t.seq_len, format!("must hold the {} inputs of lra.seq_len = {} (round up to a multiple of attn.window)", lra.task, lra.seq_len())));
+        }
+        if t.eval_length_factors != [1] {
+            return Err(ModelError::invalid("train.eval_length_factors", &t.eval_length_factors, "a classification run is evaluated at its own length only: use [1]"));
         }
         Ok(())
     }
 
-    /// Builds the configured model (after `tch::manual_seed(seed)`, so initialisation is seeded).
+    /// Whether the model carries state from one window to the next: BRECT's recurrent state,
+    /// Transformer-XL's memory, or windowed self-attention's last block
+    /// (`attn.cache_across_windows`).
+    pub fn carries_state(&self, plan: &LayerPlan) -> bool {
+        plan.has_recurrent_layers() || (self.attn.cache_across_windows && plan.is_blocked())
+    }
+
+    /// How training windows are drawn: `data.sampling`, with `"auto"` resolved against the model
+    /// (sequential when it carries state across windows, as meliad trains SLIDE, BRECT and XL;
+    /// random otherwise).
+    pub fn sampling(&self, plan: &LayerPlan) -> Sampling {
+        match self.data.sampling {
+            Sampling::Auto if self.carries_state(plan) => Sampling::Sequential,
+            Sampling::Auto => Sampling::Random,
+            chosen => chosen,
+        }
+    }
+
+    /// What every mixer of this run is built from.
+    pub fn layer_config(&self) -> LayerConfig {
+        let m = &self.model;
+        LayerConfig {
+            dims: HeadDims { d_model: m.d_model, n_heads: m.n_heads, dropout: m.dropout },
+            attn: self.attn.clone(),
+            ssm: self.ssm.clone(),
+            max_len: self.train.seq_len,
+            context_states: m.context_states,
+            segment_len: m.segment_len,
+            memory_len: m.memory_len,
+        }
+    }
+
+    /// Validates and builds the configured model (after `tch::manual_seed(seed)`, so
+    /// initialisation is seeded).
     pub fn build_model(&self, vs: &nn::Path, vocab_size: usize) -> Result<LanguageModel, ModelError> {
-        self.validate()?;
+        let plan = self.validate()?;
         tch::manual_seed(self.seed as i64);
-        LanguageModel::new(vs, &self.model, &self.attn, &self.ssm, vocab_size, self.train.seq_len)
+        LanguageModel::new(vs, plan, &self.layer_config(), &self.model, vocab_size)
     }
 }
 
@@ -143,6 +172,12 @@ mod tests {
         c.train.seq_len = 100;
         assert!(error_of(&c).contains("train.seq_len") && error_of(&c).contains("attn.window = 64"));
         let mut c = RunConfig::default();
+        c.model.arch = "TRSF-XL".parse().unwrap();
+        (c.model.segment_len, c.train.seq_len) = (48, 96);
+        c.validate().unwrap();
+        c.model.segment_len = 64;
+        assert!(error_of(&c).contains("must be a multiple of model.segment_len = 64"), "{}", error_of(&c));
+        let mut c = RunConfig::default();
         c.model.ssm_layers = vec![0];
         assert!(error_of(&c).contains("SLIDE has no SSM layers"));
         let mut c = RunConfig::default();
@@ -160,6 +195,25 @@ mod tests {
         let mut c = RunConfig::default();
         c.model.n_heads = 5;
         assert!(error_of(&c).contains("model.n_heads"));
+    }
+
+    #[test]
+    fn auto_sampling_is_sequential_for_stateful_models_only() {
+        for (arch, cache, expected) in [
+            ("BRECT:FIXED:SKIP", false, Sampling::Sequential),
+            ("TRSF-XL", false, Sampling::Sequential),
+            ("SLIDE", true, Sampling::Sequential),
+            ("SLIDE", false, Sampling::Random),
+            ("TRANSFORMER", true, Sampling::Random),
+        ] {
+            let mut c = RunConfig::default();
+            c.model.arch = arch.parse().unwrap();
+            c.attn.cache_across_windows = cache;
+            let plan = c.validate().unwrap();
+            assert_eq!(c.sampling(&plan), expected, "{arch} cache_across_windows = {cache}");
+            c.data.sampling = Sampling::Random;
+            assert_eq!(c.sampling(&plan), Sampling::Random, "{arch}: an explicit choice wins");
+        }
     }
 
     #[test]

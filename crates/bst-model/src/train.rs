@@ -1,21 +1,23 @@
-//! The training loop shared by every architecture: seeded batches, AdamW with decoupled weight
-//! decay on matmul weights only, linear warmup + cosine decay, global gradient-norm clipping,
-//! gradient accumulation, a stop with the step and the tensor named when anything becomes
-//! non-finite, and checkpoints from which a run continues exactly as if never interrupted
-//! (dropout is seeded from (seed, step), the batch sampler's RNG and AdamW's moments are saved).
+//! The training loop shared by every architecture: seeded batches (random windows, or consecutive
+//! windows of whole documents with the model's state carried from step to step, `data.sampling`),
+//! AdamW with decoupled weight decay on matmul weights only, linear warmup + cosine decay, global
+//! gradient-norm clipping, gradient accumulation, a stop with the step and the tensor named when
+//! anything becomes non-finite, and checkpoints from which a run continues exactly as if never
+//! interrupted (dropout is seeded from (seed, step); the sampler's position, the carried state
+//! and AdamW's moments are saved).
 //! Forward passes run in f32 or under bf16 autocast (`train.precision`, [`crate::autocast`]).
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
-use bst_data::{Batcher, TokenStream};
+use bst_data::{Sampler, Sampling, TokenStream};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use crate::checkpoint::{self, Progress};
 use crate::optimizer::AdamW;
-use crate::{lr_at, Autocast, LanguageModel, ModelError, Precision, RunConfig};
+use crate::{lr_at, Autocast, LanguageModel, LmState, ModelError, Precision, RunConfig};
 
 /// The `[train]` table of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,32 +163,37 @@ pub(crate) fn optimizer_step(
     Ok(StepDone { loss: loss_sum, lr, grad_norm, tokens })
 }
 
-/// A training run in progress: model, optimiser, sampler and position.
+/// A training run in progress: model, optimiser, sampler, carried state and position.
 pub struct Trainer<'a> {
     model: &'a LanguageModel,
     vs: &'a nn::VarStore,
     run: &'a RunConfig,
     opt: AdamW,
-    batcher: Batcher,
+    sampler: Sampler,
+    /// The state carried from one step to the next (sequential sampling; fresh otherwise).
+    carry: LmState,
     step: usize,
     tokens_seen: usize,
     elapsed_before: f64,
 }
 
 impl<'a> Trainer<'a> {
-    /// A run at step 0; `model` must own the variables of `vs`.
-    pub fn new(model: &'a LanguageModel, vs: &'a nn::VarStore, run: &'a RunConfig) -> Self {
+    /// A run at step 0; `model` must own the variables of `vs`; `stream` is the training split
+    /// (a sequential sampler deals its documents to the batch rows).
+    pub fn new(model: &'a LanguageModel, vs: &'a nn::VarStore, run: &'a RunConfig, stream: &TokenStream) -> Result<Self, ModelError> {
         let t = &run.train;
-        Self {
+        let sampling = run.sampling(model.plan());
+        Ok(Self {
             model,
             vs,
             run,
             opt: AdamW::new(vs, t.beta1, t.beta2, run.ssm.lr_scale),
-            batcher: Batcher::new(run.seed, t.batch_size, t.seq_len),
+            sampler: Sampler::new(sampling, run.seed, t.batch_size, t.seq_len, stream)?,
+            carry: LmState::default(),
             step: 0,
             tokens_seen: 0,
             elapsed_before: 0.0,
-        }
+        })
     }
 
     /// Steps completed.
@@ -194,17 +201,30 @@ impl<'a> Trainer<'a> {
         self.step
     }
 
-    /// Continues from the checkpoint in `dir` (weights, optimiser, sampler, step).
+    /// How this run draws its windows.
+    pub fn sampling(&self) -> Sampling {
+        match self.sampler {
+            Sampler::Random(_) => Sampling::Random,
+            Sampler::Sequential(_) => Sampling::Sequential,
+        }
+    }
+
+    /// Continues from the checkpoint in `dir` (weights, optimiser, sampler, carried state, step).
     pub fn resume(&mut self, dir: &Path) -> Result<(), ModelError> {
-        let Progress { step, tokens_seen, elapsed_s, batcher } = checkpoint::load(dir, self.vs, &mut self.opt)?.progress;
-        (self.step, self.tokens_seen, self.elapsed_before, self.batcher) = (step, tokens_seen, elapsed_s, batcher);
+        let loaded = checkpoint::load(dir, self.vs, &mut self.opt)?;
+        let Progress { step, tokens_seen, elapsed_s, sampler } = loaded.state.progress;
+        if std::mem::discriminant(&sampler) != std::mem::discriminant(&self.sampler) {
+            return Err(ModelError::Checkpoint { path: dir.to_owned(), reason: format!("saved with another sampler than data.sampling resolves to ({})", self.sampling()) });
+        }
+        let carry = LmState::from_tensors(self.model.plan().0.len(), &loaded.carry).map_err(|reason| ModelError::Checkpoint { path: dir.to_owned(), reason })?;
+        (self.step, self.tokens_seen, self.elapsed_before, self.sampler, self.carry) = (step, tokens_seen, elapsed_s, sampler, carry);
         Ok(())
     }
 
     /// Writes a checkpoint of the current position to `dir`.
     pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
-        let progress = Progress { step: self.step, tokens_seen: self.tokens_seen, elapsed_s, batcher: self.batcher.clone() };
-        checkpoint::save(dir, self.vs, &self.opt, self.run, progress)
+        let progress = Progress { step: self.step, tokens_seen: self.tokens_seen, elapsed_s, sampler: self.sampler.clone() };
+        checkpoint::save(dir, self.vs, &self.opt, &self.carry.tensors(), self.run, progress)
     }
 
     /// Trains until `train.steps`. With `checkpoint_dir`, saves every `train.checkpoint_every`
@@ -223,11 +243,20 @@ impl<'a> Trainer<'a> {
         let mut loss_value = f64::NAN;
         while self.step < cfg.steps {
             let step = self.step;
-            let (model, batcher) = (self.model, &mut self.batcher);
+            let (model, sampler, carry) = (self.model, &mut self.sampler, &mut self.carry);
             let done = optimizer_step(&mut self.opt, self.run, device, step, "the training loss", || {
-                let (inputs, targets) = batcher.next_batch(stream)?;
-                let tokens = inputs.numel();
-                Ok((model.loss(&inputs.to_device(device), &targets.to_device(device), true), tokens))
+                let batch = sampler.next_batch(stream)?;
+                let mut fresh = LmState::default();
+                let state = match &batch.reset {
+                    Some(reset) => {
+                        carry.reset_rows(&reset.to_device(device));
+                        &mut *carry
+                    }
+                    None => &mut fresh,
+                };
+                let loss = model.loss_with_state(&batch.inputs.to_device(device), &batch.targets.to_device(device), state, true);
+                state.detach(); // truncated backpropagation: the next window starts from a constant
+                Ok((loss, batch.tokens))
             })?;
             loss_value = done.loss;
             self.step += 1;
@@ -245,9 +274,7 @@ impl<'a> Trainer<'a> {
                 return Err(ModelError::Interrupted { step });
             }
         }
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
+        bst_core::sync(device);
         Ok(TrainOutcome { steps: self.step, tokens_seen: self.tokens_seen, wall_s: elapsed(self.elapsed_before), final_loss: loss_value })
     }
 }
@@ -258,11 +285,10 @@ mod tests {
     use crate::ModelConfig;
     use bst_attn::AttnConfig;
 
+    /// 9000 bytes of repeated text in 6 documents (so that sequential sampling has rows to fill).
     fn repeating_text_stream() -> TokenStream {
         let text = b"the quick brown fox jumps over the lazy dog. ".repeat(200);
-        let ids: Vec<u32> = text.iter().map(|&b| u32::from(b)).collect();
-        let bytes = ids.len();
-        TokenStream::from_ids(ids, bytes)
+        TokenStream::from_bytes(&text).with_doc_starts((0..6).map(|i| i * 1500).collect())
     }
 
     const ARCHS: [&str; 10] = ["SLIDE", "BST:SH:S4D", "BST:SH:S4", "BST:SH:UNSTRUCT", "BST:MH:S4D", "BST:MF:S4D", "BRECT:FIXED:SKIP", "TRSF-XL", "GSS-HYBRID", "TRANSFORMER"];
@@ -278,7 +304,7 @@ mod tests {
         if arch.starts_with("BST") || arch == "GSS-HYBRID" {
             cfg.model.ssm_layers = vec![1];
         }
-        cfg.model.memory_len = 16;
+        (cfg.model.segment_len, cfg.model.memory_len) = (16, 16);
         cfg.model.recurrent_layer = -1;
         cfg.attn = AttnConfig { window: 16, ..Default::default() };
         cfg.train = TrainConfig { steps: 30, batch_size: 4, seq_len: 32, lr: 3e-3, warmup_steps: 3, precision, ..Default::default() };
@@ -286,8 +312,10 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let lm = cfg.build_model(&vs.root(), 256).unwrap();
         let mut losses = Vec::new();
-        Trainer::new(&lm, &vs, &cfg)
-            .run(&repeating_text_stream(), None, |m| {
+        let stream = repeating_text_stream();
+        Trainer::new(&lm, &vs, &cfg, &stream)
+            .unwrap()
+            .run(&stream, None, |m| {
                 losses.push(m.loss);
                 ControlFlow::Continue(())
             })
@@ -351,8 +379,9 @@ mod tests {
         cfg.train = TrainConfig { steps: 10, batch_size: 2, seq_len: 16, warmup_steps: 2, ..Default::default() };
         let vs = nn::VarStore::new(Device::Cpu);
         let lm = cfg.build_model(&vs.root(), 256).unwrap();
-        let mut trainer = Trainer::new(&lm, &vs, &cfg);
-        let err = trainer.run(&repeating_text_stream(), None, |m| if m.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }).unwrap_err();
+        let stream = repeating_text_stream();
+        let mut trainer = Trainer::new(&lm, &vs, &cfg, &stream).unwrap();
+        let err = trainer.run(&stream, None, |m| if m.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }).unwrap_err();
         assert!(matches!(err, ModelError::Interrupted { step: 2 }), "{err}");
         assert_eq!(trainer.step(), 3, "the step that asked to stop has completed");
     }

@@ -1,5 +1,7 @@
 //! Reproducibility of training: the same seed gives the same loss curve; a run stopped half-way
-//! and resumed from its checkpoint equals an uninterrupted run; a corrupted checkpoint is refused.
+//! and resumed from its checkpoint equals an uninterrupted run, with random and with sequential
+//! sampling (whose carried state is in the checkpoint); a corrupted checkpoint is refused; loaded
+//! weights are what the next evaluation uses (no stale cached kernel).
 //! libtorch's RNG is global to the process, so these tests live in their own binary and take
 //! turns (`SERIAL`) rather than drawing from it in parallel threads.
 
@@ -13,24 +15,30 @@ use tch::{nn, Device, Tensor};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// 3900 bytes in 8 documents of different lengths.
 fn stream() -> TokenStream {
     let text = b"Call me Ishmael. Some years ago, never mind how long precisely. ".repeat(60);
-    let ids: Vec<u32> = text.iter().map(|&b| u32::from(b)).collect();
-    let bytes = ids.len();
-    TokenStream::from_ids(ids, bytes)
+    TokenStream::from_bytes(&text).with_doc_starts(vec![0, 300, 500, 1400, 1500, 2200, 3000, 3300])
 }
 
 /// A tiny BST with dropout (so that the RNG matters) and gradient accumulation.
 fn config(seed: u64) -> RunConfig {
-    let mut cfg: RunConfig = toml::from_str(
+    config_of("BST:SH:S4D", seed)
+}
+
+fn config_of(arch: &str, seed: u64) -> RunConfig {
+    let ssm_layers = if arch.starts_with("BST") { "[1]" } else { "[]" };
+    let mut cfg: RunConfig = toml::from_str(&format!(
         r#"
         [model]
-        arch = "BST:SH:S4D"
+        arch = "{arch}"
+        recurrent_layer = -1
         n_layers = 2
         d_model = 32
         n_heads = 2
         dropout = 0.1
-        ssm_layers = [1]
+        ssm_layers = {ssm_layers}
+        context_states = 4
         [attn]
         window = 16
         [train]
@@ -39,8 +47,8 @@ fn config(seed: u64) -> RunConfig {
         seq_len = 32
         warmup_steps = 2
         grad_accum = 2
-        "#,
-    )
+        "#
+    ))
     .unwrap();
     cfg.seed = seed;
     cfg
@@ -51,7 +59,8 @@ fn loss_curve(cfg: &RunConfig) -> Vec<f64> {
     let vs = nn::VarStore::new(Device::Cpu);
     let lm = cfg.build_model(&vs.root(), 256).unwrap();
     let mut out = Vec::new();
-    Trainer::new(&lm, &vs, cfg)
+    Trainer::new(&lm, &vs, cfg, &stream())
+        .unwrap()
         .run(&stream(), None, |m| {
             out.push(m.loss);
             ControlFlow::Continue(())
@@ -71,11 +80,10 @@ fn same_seed_gives_the_same_loss_curve_with_dropout() {
 
 /// Trains from step 0 (or from `resume`), stopping after `stop_after` steps if given; returns
 /// the losses and the final weights.
-fn train(dir: &Path, resume: bool, stop_after: Option<usize>) -> (Vec<f64>, Vec<(String, Tensor)>) {
-    let cfg = config(3);
+fn train(cfg: &RunConfig, dir: &Path, resume: bool, stop_after: Option<usize>) -> (Vec<f64>, Vec<(String, Tensor)>) {
     let vs = nn::VarStore::new(Device::Cpu);
     let lm = cfg.build_model(&vs.root(), 256).unwrap();
-    let mut trainer = Trainer::new(&lm, &vs, &cfg);
+    let mut trainer = Trainer::new(&lm, &vs, cfg, &stream()).unwrap();
     if resume {
         trainer.resume(dir).unwrap();
     }
@@ -93,18 +101,46 @@ fn train(dir: &Path, resume: bool, stop_after: Option<usize>) -> (Vec<f64>, Vec<
     (losses, weights)
 }
 
+/// Stops `cfg` after 5 steps, resumes it, and compares with an uninterrupted run; returns the
+/// checkpoint folder of the resumed run.
+fn assert_resume_is_exact(cfg: &RunConfig) -> tempfile::TempDir {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (full, full_weights) = train(cfg, a.path(), false, None);
+    let (first, _) = train(cfg, b.path(), false, Some(5));
+    assert!(checkpoint::exists(b.path()));
+    let (rest, weights) = train(cfg, b.path(), true, None);
+    assert_eq!([first, rest].concat(), full, "{}: resumed loss curve differs", cfg.model.arch);
+    for ((name, x), (_, y)) in full_weights.iter().zip(&weights) {
+        assert!(x.equal(y), "{}: {name} differs after resuming", cfg.model.arch);
+    }
+    b
+}
+
+/// BRECT and XL train on consecutive windows (sequential sampling, `auto`), carrying their state
+/// from step to step: the checkpoint holds that state and a resumed run continues exactly.
+#[test]
+fn sequential_sampling_resumes_exactly_with_the_carried_state() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for arch in ["BRECT:FIXED:SKIP", "TRSF-XL"] {
+        let mut cfg = config_of(arch, 4);
+        (cfg.model.segment_len, cfg.model.memory_len) = (16, 32);
+        let dir = assert_resume_is_exact(&cfg);
+        let state: checkpoint::TrainState = serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap()).unwrap();
+        assert!(state.carry_sha256.is_some(), "{arch}: the carried state is saved");
+        assert!(matches!(state.progress.sampler, bst_data::Sampler::Sequential(_)), "{arch}: auto sampling is sequential");
+    }
+}
+
 #[test]
 fn resumed_run_equals_uninterrupted_run_and_corruption_is_detected() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (full, full_weights) = train(a.path(), false, None);
-    let (first, _) = train(b.path(), false, Some(5));
-    assert!(checkpoint::exists(b.path()));
-    let (rest, weights) = train(b.path(), true, None);
-    assert_eq!([first, rest].concat(), full, "resumed loss curve differs");
-    for ((name, x), (_, y)) in full_weights.iter().zip(&weights) {
-        assert!(x.equal(y), "{name} differs after resuming");
-    }
+    let b = assert_resume_is_exact(&config(3));
+    let weights: Vec<(String, Tensor)> = {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _ = config(3).build_model(&vs.root(), 256).unwrap();
+        checkpoint::load_weights(&b.path().join("model.safetensors"), &vs).unwrap();
+        vs.variables().into_iter().collect()
+    };
 
     // the final checkpoint is readable as plain safetensors
     let saved = Tensor::read_safetensors(b.path().join("model.safetensors")).unwrap();
@@ -119,12 +155,32 @@ fn resumed_run_equals_uninterrupted_run_and_corruption_is_detected() {
     let cfg = config(3);
     let vs = nn::VarStore::new(Device::Cpu);
     let lm = cfg.build_model(&vs.root(), 256).unwrap();
-    let err = Trainer::new(&lm, &vs, &cfg).resume(b.path()).unwrap_err().to_string();
+    let err = Trainer::new(&lm, &vs, &cfg, &stream()).unwrap().resume(b.path()).unwrap_err().to_string();
     assert!(err.contains("checksum") && err.contains("model.safetensors"), "{err}");
     // and a truncated state file is reported too
     std::fs::write(b.path().join("state.json"), "{\"format\": 1, \"st").unwrap();
-    let err = Trainer::new(&lm, &vs, &cfg).resume(b.path()).unwrap_err().to_string();
+    let err = Trainer::new(&lm, &vs, &cfg, &stream()).unwrap().resume(b.path()).unwrap_err().to_string();
     assert!(err.contains("state.json"), "{err}");
+}
+
+/// An evaluation after loading other weights uses them, though the SSM kernel of the previous
+/// evaluation is cached: the cache notices the load.
+#[test]
+fn loading_weights_reaches_the_next_evaluation() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = train(&config(3), dir.path(), false, None); // trained weights in dir
+    let eval = |lm: &bst_model::LanguageModel| bst_model::evaluate(lm, &stream(), 32, 2, 256, Device::Cpu).unwrap().loss;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let lm = config(3).build_model(&vs.root(), 256).unwrap();
+    let untrained = eval(&lm); // caches the kernel of the initial weights
+    checkpoint::load_weights(&dir.path().join("model.safetensors"), &vs).unwrap();
+    let loaded = eval(&lm);
+    let fresh_vs = nn::VarStore::new(Device::Cpu);
+    let fresh = config(3).build_model(&fresh_vs.root(), 256).unwrap();
+    checkpoint::load_weights(&dir.path().join("model.safetensors"), &fresh_vs).unwrap();
+    assert_eq!(loaded, eval(&fresh), "the reloaded model evaluates as a fresh model with those weights");
+    assert!(loaded < untrained, "training lowered the loss ({untrained} -> {loaded})");
 }
 
 /// `train.precision = "bf16"` (CPU autocast here): the curve is still a function of the seed, and

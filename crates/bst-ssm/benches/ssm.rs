@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bst_ssm::vandermonde::{diagonal_kernel, diagonal_kernel_naive};
 use bst_ssm::{causal_fft_conv, direct_causal_conv, S4dKernel, SsmConfig, SsmConv, SsmKind, SsmSublayer, UnstructuredFilter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor, nn::ModuleT};
 
 const D_MODEL: usize = 256;
 /// Sequence lengths of the sublayer benches (the 1k..64k).

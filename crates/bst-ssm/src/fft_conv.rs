@@ -92,8 +92,11 @@ mod tests {
         let _ = u2.narrow(-1, t, seq - t).fill_(7.0);
         let y1 = causal_fft_conv(&u, &k);
         let y2 = causal_fft_conv(&u2, &k);
+        // f32 FFT rounding scales with the largest output (the fill of 7s makes outputs of ~200,
+        // measured rounding ~1.4e-5 on one CPU); a real leak moves outputs by the fill times |k|
+        let tolerance = 1e-6 * y2.abs().max().double_value(&[]).max(1.0);
         let before = (y1.narrow(-1, 0, t) - y2.narrow(-1, 0, t)).abs().max().double_value(&[]);
-        assert!(before < 1e-5, "outputs before t changed by {before}");
+        assert!(before < tolerance, "outputs before t changed by {before} (tolerance {tolerance})");
         let at = (y1.narrow(-1, t, 1) - y2.narrow(-1, t, 1)).abs().max().double_value(&[]);
         assert!(at > 1e-3, "the perturbation should reach output t (changed by {at})");
     }

@@ -4,7 +4,8 @@
 //! `out = W_o ((W_y y) ⊙ u)`. The gate lets a cheap, narrow SSM modulate a wide branch. GSS uses
 //! DSS, a diagonal SSM; S4D is that family's standard form and stands in for it here.
 
-use tch::{nn, nn::Module, Tensor};
+use bst_core::params::linear;
+use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
 use crate::{SsmConfig, SsmConv, SsmError, SsmKind};
 
@@ -25,7 +26,7 @@ impl GssLayer {
     pub fn new(vs: &nn::Path, d_model: usize, kind: SsmKind, cfg: &SsmConfig, max_len: usize) -> Result<Self, SsmError> {
         cfg.validate(d_model)?;
         let (d, e, r) = (d_model as i64, (Self::EXPANSION * d_model) as i64, cfg.channels(d_model) as i64);
-        let lin = |name: &str, i: i64, o: i64| nn::linear(vs / name, i, o, Default::default());
+        let lin = |name: &str, i: i64, o: i64| linear(&(vs / name), i, o);
         Ok(Self {
             wide: lin("wide", d, e),
             narrow: lin("narrow", d, r),
@@ -35,9 +36,12 @@ impl GssLayer {
         })
     }
 
+}
+
+impl ModuleT for GssLayer {
     /// # Shapes
     /// - `xs`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let u = self.wide.forward(xs).gelu("none"); // [b, seq, 3d]
         let v = self.narrow.forward(xs).gelu("none").transpose(1, 2); // [b, r, seq]
         let y = self.conv.forward_t(&v, train).squeeze_dim(1).transpose(1, 2); // [b, seq, r]

@@ -18,6 +18,8 @@ use std::f64::consts::PI;
 
 use tch::{nn, Kind, Tensor};
 
+use bst_core::ParamGroup;
+
 use crate::{SsmConfig, SsmError};
 
 /// Decay target of Hyena's `ExponentialModulation`: the envelope falls to this value at a
@@ -48,7 +50,7 @@ impl ImplicitFilterKernel {
     pub fn new(vs: &nn::Path, channels: usize, max_len: usize, cfg: &SsmConfig) -> Result<Self, SsmError> {
         cfg.validate_kernel()?;
         if max_len == 0 {
-            return Err(SsmError::invalid("max_len", max_len, "implicit filters need the training length (>= 1)"));
+            return Err(bst_core::InvalidConfig::new("train.seq_len", max_len, "implicit filters need the training length (>= 1)").into());
         }
         let opts = (Kind::Float, vs.device());
         let bands = (cfg.filter_features as i64 - 1) / 2;
@@ -57,7 +59,8 @@ impl ImplicitFilterKernel {
         let features = 1 + 2 * bands;
         // tap variance ~ TAP_SCALE^2 at init: features have mean square about 1/2
         let stdev = TAP_SCALE / (0.5 * features as f64).sqrt();
-        let dense = vs / "dense";
+        // filter parameters: no weight decay (as Hyena), base learning rate
+        let dense = ParamGroup::NoDecay.path(&(vs / "dense"));
         let weight = dense.var("weight", &[channels as i64, features], nn::Init::Randn { mean: 0.0, stdev });
         let bias = dense.zeros("bias", &[channels as i64]);
         let (slow, fast) = (DECAY_TARGET.ln().abs() / SLOW_DECAY, DECAY_TARGET.ln().abs() / FAST_DECAY);
@@ -71,6 +74,11 @@ impl ImplicitFilterKernel {
         let freqs = self.freqs.to_device(t.device()).to_kind(t.kind());
         let angle = t.unsqueeze(1) * freqs.unsqueeze(0) * (2.0 * PI); // [seq, F]
         Tensor::cat(&[t.unsqueeze(1), angle.cos(), angle.sin().neg()], 1)
+    }
+
+    /// The parameters the kernel is generated from.
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        vec![&self.weight, &self.bias]
     }
 
     /// The length-`seq` kernel `[channels, seq]` (any length: see the module docs).

@@ -28,6 +28,6 @@ pub use implicit_filter::ImplicitFilterKernel;
 pub use long_conv::LongConvKernel;
 pub use recurrence::{Recurrence, SsmState};
 pub use s4::S4Kernel;
-pub use s4d::{S4dKernel, SSM_PARAM_GROUP};
+pub use s4d::S4dKernel;
 pub use ssm_conv::SsmConv;
 pub use sublayer::SsmSublayer;

@@ -13,6 +13,8 @@
 
 use tch::{nn, Kind, Tensor};
 
+use bst_core::ParamGroup;
+
 use crate::{SsmConfig, SsmError};
 
 /// `channels` explicit filters of `max_len` taps.
@@ -27,15 +29,20 @@ impl LongConvKernel {
     pub fn new(vs: &nn::Path, channels: usize, max_len: usize, cfg: &SsmConfig) -> Result<Self, SsmError> {
         cfg.validate_kernel()?;
         if max_len == 0 {
-            return Err(SsmError::invalid("max_len", max_len, "unstructured filters need the training length (>= 1)"));
+            return Err(bst_core::InvalidConfig::new("train.seq_len", max_len, "unstructured filters need the training length (>= 1)").into());
         }
         let (h, l) = (channels as i64, max_len as i64);
         let opts = (Kind::Float, vs.device());
         let t = Tensor::arange(l, opts) / l as f64; // [l]: position in the filter, 0..1
         let rate = Tensor::full([h], (h as f64 / 2.0).max(1.0), opts).pow(&(Tensor::arange(h, opts) / h as f64)); // [h]
         let decay = (rate.unsqueeze(1) * t.unsqueeze(0)).neg().exp(); // [h, l]
-        let taps = vs.var_copy("taps", &(Tensor::randn([h, l], opts) * 0.02 * decay));
+        let taps = ParamGroup::NoDecay.path(vs).var_copy("taps", &(Tensor::randn([h, l], opts) * 0.02 * decay));
         Ok(Self { taps, squash: cfg.squash, smooth_window: cfg.smooth_window as i64 })
+    }
+
+    /// The parameters the kernel is generated from.
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        vec![&self.taps]
     }
 
     /// Number of learned taps.

@@ -15,7 +15,9 @@
 
 use tch::{nn, Kind, Tensor};
 
-use crate::{hippo, Recurrence, SsmConfig, SsmError, SSM_PARAM_GROUP};
+use bst_core::ParamGroup;
+
+use crate::{hippo, Recurrence, SsmConfig, SsmError};
 
 /// `channels` independent S4 kernels of state size N.
 #[derive(Debug)]
@@ -39,14 +41,14 @@ impl S4Kernel {
         let device = vs.device();
         let (lambda, p, b, _v) = hippo::legs_nplr(n, device);
         let per_channel = |t: &Tensor| t.unsqueeze(0).repeat([h, 1]);
-        let ssm = vs.set_group(SSM_PARAM_GROUP);
+        let ssm = ParamGroup::Ssm.path(vs);
         let (lo, hi) = (cfg.dt_min.ln(), cfg.dt_max.ln());
         let log_dt = ssm.var_copy("log_dt", &(Tensor::rand([h], (Kind::Float, device)) * (hi - lo) + lo));
         let log_lambda_real = ssm.var_copy("log_lambda_real", &per_channel(&lambda.real().neg().log()).to_kind(Kind::Float));
         let lambda_imag = ssm.var_copy("lambda_imag", &per_channel(&lambda.imag()).to_kind(Kind::Float));
         let p = ssm.var_copy("p", &as_real_view(&per_channel(&p)));
         let b = ssm.var_copy("b", &as_real_view(&per_channel(&b)));
-        let c = vs.var("c", &[h, n, 2], nn::Init::Randn { mean: 0.0, stdev: 0.5f64.sqrt() });
+        let c = ParamGroup::NoDecay.path(vs).var("c", &[h, n, 2], nn::Init::Randn { mean: 0.0, stdev: 0.5f64.sqrt() });
         Ok(Self { log_dt, log_lambda_real, lambda_imag, p, b, c })
     }
 
@@ -69,6 +71,11 @@ impl S4Kernel {
     }
 
     /// The length-`seq` convolution kernel, real `[channels, seq]`.
+    /// The parameters the kernel is generated from.
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        vec![&self.log_dt, &self.log_lambda_real, &self.lambda_imag, &self.p, &self.b, &self.c]
+    }
+
     pub fn kernel(&self, seq: i64) -> Tensor {
         let (a_bar, _) = self.discretize_dense();
         let c = self.c.view_as_complex(); // [h, N]

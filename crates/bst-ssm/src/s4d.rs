@@ -6,14 +6,11 @@
 //! (`Ā = exp(dt A)`, `B̄ = (exp(dt A) - 1)/A`) or bilinear, with B = 1 folded into the complex C.
 //! Kernel: `K_l = 2 Re sum_n C_n B̄_n Ā_n^l`.
 
+use bst_core::ParamGroup;
 use tch::{nn, Kind, Tensor};
 
 use crate::vandermonde::diagonal_kernel;
 use crate::{Discretization, Recurrence, S4dInit, SsmConfig, SsmError};
-
-/// Optimiser group of the SSM kernel parameters (A, dt; S4's P and B): no weight decay, own
-/// learning rate (`ssm.lr_scale`). bst-model maps var-store groups to optimiser settings.
-pub const SSM_PARAM_GROUP: usize = 1;
 
 /// `channels` independent diagonal SSM kernels.
 #[derive(Debug)]
@@ -38,18 +35,19 @@ fn a_imag_init(init: S4dInit, n2: i64, device: tch::Device) -> Tensor {
 }
 
 impl S4dKernel {
-    /// Builds `channels` kernels. A and dt go to [`SSM_PARAM_GROUP`]; C to the path's group.
+    /// Builds `channels` kernels. A and dt are [`ParamGroup::Ssm`] (own learning rate, no
+    /// decay); C is [`ParamGroup::NoDecay`].
     pub fn new(vs: &nn::Path, channels: usize, cfg: &SsmConfig) -> Result<Self, SsmError> {
         cfg.validate_kernel()?;
         let (h, n2) = (channels as i64, (cfg.state_size / 2) as i64);
         let opts = (Kind::Float, vs.device());
-        let ssm = vs.set_group(SSM_PARAM_GROUP);
+        let ssm = ParamGroup::Ssm.path(vs);
         let (lo, hi) = (cfg.dt_min.ln(), cfg.dt_max.ln());
         let log_dt = ssm.var_copy("log_dt", &(Tensor::rand([h], opts) * (hi - lo) + lo));
         let log_a_real = ssm.var_copy("log_a_real", &Tensor::full([h, n2], 0.5f64.ln(), opts));
         let a_imag = ssm.var_copy("a_imag", &a_imag_init(cfg.init, n2, vs.device()).unsqueeze(0).repeat([h, 1]));
         // complex standard normal: each of Re/Im has variance 1/2
-        let c = vs.var("c", &[h, n2, 2], nn::Init::Randn { mean: 0.0, stdev: 0.5f64.sqrt() });
+        let c = ParamGroup::NoDecay.path(vs).var("c", &[h, n2, 2], nn::Init::Randn { mean: 0.0, stdev: 0.5f64.sqrt() });
         Ok(Self { log_dt, c, log_a_real, a_imag, discretization: cfg.discretization })
     }
 
@@ -72,6 +70,11 @@ impl S4dKernel {
                 (a_bar.log(), cb)
             }
         }
+    }
+
+    /// The parameters the kernel is generated from.
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        vec![&self.log_dt, &self.c, &self.log_a_real, &self.a_imag]
     }
 
     /// The length-`seq` convolution kernel, real `[channels, seq]`.
@@ -122,6 +125,60 @@ mod tests {
                 assert!(err < 1e-4, "{init:?}/{disc:?}: kernel differs from the powered recurrence by {err}");
                 let naive = diagonal_kernel_naive(&log_a, &s4d.discretize().1, seq).to_kind(Kind::Double);
                 assert!((&k - naive).abs().max().double_value(&[]) < 1e-4);
+            }
+        }
+    }
+
+    /// Each complex mode `a` as the real 2x2 matrix of multiplication by `a`.
+    fn real_form(re: f64, im: f64) -> Tensor {
+        Tensor::from_slice(&[re, -im, im, re]).view([2, 2])
+    }
+
+    /// ZOH and bilinear checked against the definitions in real matrix form, in f64, from the raw
+    /// parameters only (not through `discretize`): ZOH by Van Loan's block matrix exponential,
+    /// `exp(dt [[A, B], [0, 0]]) = [[Ā, B̄], [0, 1]]`; bilinear by solving
+    /// `(I - dt A/2) Ā = I + dt A/2`, `(I - dt A/2) B̄ = dt B`. Then `K_l = 2 Re(C Ā^l B̄)`.
+    #[test]
+    fn discretisations_match_an_independent_matrix_form_in_f64() {
+        for disc in [Discretization::Zoh, Discretization::Bilinear] {
+            let (_vs, s4d) = kernel(S4dInit::Inv, disc);
+            let seq = 40;
+            let got = s4d.kernel(seq).to_kind(Kind::Double); // [3, seq]
+            let f64s = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+            let (log_dt, log_a_re, a_im, c) = (f64s(&s4d.log_dt), f64s(&s4d.log_a_real), f64s(&s4d.a_imag), f64s(&s4d.c));
+            let n2 = log_a_re.len() / 3;
+            for h in 0..3 {
+                let dt = log_dt[h].exp();
+                let mut expected = vec![0.0; seq as usize];
+                for n in 0..n2 {
+                    let a = real_form(-log_a_re[h * n2 + n].exp(), a_im[h * n2 + n]);
+                    let b = Tensor::from_slice(&[1.0f64, 0.0]).view([2, 1]); // B = 1
+                    let (a_bar, b_bar) = match disc {
+                        Discretization::Zoh => {
+                            let block = Tensor::zeros([3, 3], (Kind::Double, tch::Device::Cpu));
+                            block.narrow(0, 0, 2).narrow(1, 0, 2).copy_(&a);
+                            block.narrow(0, 0, 2).narrow(1, 2, 1).copy_(&b);
+                            let e = (block * dt).linalg_matrix_exp();
+                            (e.narrow(0, 0, 2).narrow(1, 0, 2), e.narrow(0, 0, 2).narrow(1, 2, 1))
+                        }
+                        Discretization::Bilinear => {
+                            let eye = Tensor::eye(2, (Kind::Double, tch::Device::Cpu));
+                            let lhs = &eye - &a * (dt / 2.0);
+                            (Tensor::linalg_solve(&lhs, &(&eye + &a * (dt / 2.0)), true), Tensor::linalg_solve(&lhs, &(b * dt), true))
+                        }
+                    };
+                    let (c_re, c_im) = (c[(h * n2 + n) * 2], c[(h * n2 + n) * 2 + 1]);
+                    let mut x = b_bar; // state after an impulse: Ā^l B̄, as [Re, Im]
+                    for y in expected.iter_mut() {
+                        let v = f64s(&x);
+                        *y += 2.0 * (c_re * v[0] - c_im * v[1]);
+                        x = a_bar.matmul(&x);
+                    }
+                }
+                let got_h = f64s(&got.get(h as i64));
+                let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let err = got_h.iter().zip(&expected).fold(0.0f64, |m, (g, e)| m.max((g - e).abs()));
+                assert!(err < 1e-5 * scale.max(1.0), "{disc:?} channel {h}: kernel differs from the matrix form by {err} (scale {scale})");
             }
         }
     }

@@ -4,13 +4,14 @@
 //!
 //! Several banks in one call serve BST:MF, which runs S separate filters over the same input.
 //! In evaluation mode (`train = false`) under `tch::no_grad` the kernel of the last length is
-//! cached: it is a pure function of the parameters, which only change in training. A
-//! training-mode forward clears the cache; call [`SsmConv::clear_cache`] after changing parameters
-//! any other way (e.g. loading a checkpoint). With autograd on, the kernel is always recomputed,
-//! so gradients are never silently lost.
+//! cached: it is a pure function of the parameters. The cache is stamped with the parameters'
+//! version counters (libtorch bumps them on every in-place write: an optimiser step, a checkpoint
+//! load, `copy_`), so a kernel computed from older weights is never served. With autograd on, the
+//! kernel is always recomputed, so gradients are never silently lost.
 
 use std::sync::Mutex;
 
+use bst_core::ParamGroup;
 use tch::{nn, Tensor};
 
 use crate::{causal_fft_conv, ImplicitFilterKernel, LongConvKernel, Recurrence, S4Kernel, S4dKernel, SsmConfig, SsmError, SsmKind, SsmState, UnstructuredFilter};
@@ -25,6 +26,16 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// The tensors the kernel is generated from.
+    fn parameters(&self) -> Vec<&Tensor> {
+        match self {
+            Kernel::S4d(k) => k.parameters(),
+            Kernel::S4(k) => k.parameters(),
+            Kernel::Unstructured(k) => k.parameters(),
+            Kernel::Implicit(k) => k.parameters(),
+        }
+    }
+
     fn kernel(&self, seq: i64) -> Tensor {
         match self {
             Kernel::S4d(k) => k.kernel(seq),
@@ -43,16 +54,15 @@ pub struct SsmConv {
     d: Tensor, // [banks * channels]
     channels: i64,
     banks: i64,
-    cache: Mutex<Option<(i64, Tensor)>>,
+    /// The evaluation kernel: (length, parameter version stamp, kernel).
+    cache: Mutex<Option<(i64, i64, Tensor)>>,
 }
 
 impl SsmConv {
     /// `max_len` is the training length (unstructured filters have that many taps; the other
     /// families ignore it).
     pub fn new(vs: &nn::Path, channels: usize, banks: usize, kind: SsmKind, cfg: &SsmConfig, max_len: usize) -> Result<Self, SsmError> {
-        if banks == 0 {
-            return Err(SsmError::invalid("banks", banks, "must be >= 1"));
-        }
+        assert!(banks >= 1, "an SSM convolution needs at least one filter bank");
         let all = channels * banks;
         let kernel = match kind {
             SsmKind::S4d => Kernel::S4d(S4dKernel::new(&(vs / "s4d"), all, cfg)?),
@@ -62,7 +72,7 @@ impl SsmConv {
                 UnstructuredFilter::Implicit => Kernel::Implicit(ImplicitFilterKernel::new(&(vs / "implicit_filter"), all, max_len, cfg)?),
             },
         };
-        let d = vs.var("d", &[all as i64], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        let d = ParamGroup::NoDecay.path(vs).var("d", &[all as i64], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
         Ok(Self { kernel, kind, d, channels: channels as i64, banks: banks as i64, cache: Mutex::new(None) })
     }
 
@@ -72,42 +82,45 @@ impl SsmConv {
         self.d.requires_grad() && (&self.d * 1.0).requires_grad()
     }
 
+    /// The sum of the kernel parameters' version counters: it grows with every in-place write
+    /// to any of them (counters only increase), so an unchanged sum means unchanged weights.
+    fn weights_version(&self) -> i64 {
+        self.kernel.parameters().iter().map(|p| p.internal_version()).sum()
+    }
+
     /// Kernels of every bank, `[banks, channels, seq]` (cached in evaluation mode under no_grad).
     pub fn kernel(&self, seq: i64, train: bool) -> Tensor {
-        let mut cache = self.cache.lock().expect("kernel cache poisoned");
-        if train {
-            *cache = None;
-        }
         if train || self.grad_enabled() {
             return self.kernel.kernel(seq).view([self.banks, self.channels, seq]);
         }
-        if let Some((len, k)) = cache.as_ref() {
-            if *len == seq {
+        let mut cache = self.cache.lock().expect("kernel cache poisoned");
+        let version = self.weights_version();
+        if let Some((len, v, k)) = cache.as_ref() {
+            if *len == seq && *v == version {
                 return k.shallow_clone();
             }
         }
         let k = self.kernel.kernel(seq).view([self.banks, self.channels, seq]);
-        *cache = Some((seq, k.shallow_clone()));
+        *cache = Some((seq, version, k.shallow_clone()));
         k
     }
+}
 
-    /// Forgets the cached evaluation kernel.
-    pub fn clear_cache(&self) {
-        *self.cache.lock().expect("kernel cache poisoned") = None;
-    }
-
+impl nn::ModuleT for SsmConv {
     /// Convolution mode.
     ///
     /// # Shapes
     /// - `u`: `[batch, channels, seq]` -> `[batch, banks, channels, seq]`
-    pub fn forward_t(&self, u: &Tensor, train: bool) -> Tensor {
+    fn forward_t(&self, u: &Tensor, train: bool) -> Tensor {
         let (_, channels, seq) = u.size3().expect("SSM input must be [batch, channels, seq]");
         assert_eq!(channels, self.channels, "SSM has {} channels, input has {channels}", self.channels);
         let u = u.unsqueeze(1); // [b, 1, h, l]
         let d = self.d.view([self.banks, self.channels, 1]);
         causal_fft_conv(&u, &self.kernel(seq, train)) + &u * d
     }
+}
 
+impl SsmConv {
     /// The discretised system in recurrent form (S4D, S4).
     pub fn recurrence(&self) -> Result<Recurrence, SsmError> {
         match &self.kernel {
@@ -133,7 +146,7 @@ impl SsmConv {
 mod tests {
     use super::*;
     use crate::direct_causal_conv;
-    use tch::{Device, Kind};
+    use tch::{nn::ModuleT, Device, Kind};
 
     /// Every kernel family, unstructured with both filter parameterisations.
     const KINDS: [(SsmKind, UnstructuredFilter); 4] = [
@@ -222,22 +235,30 @@ mod tests {
     }
 
     #[test]
-    fn eval_kernel_is_cached_under_no_grad_until_a_training_forward() {
-        let (vs, conv) = layer(KINDS[0], 1);
-        let eval = |seq| tch::no_grad(|| conv.kernel(seq, false));
-        let k1 = eval(16);
-        let k2 = eval(16);
-        assert_eq!(k1.data_ptr(), k2.data_ptr(), "second eval call must reuse the cached kernel");
-        let with_grad = conv.kernel(16, false);
-        assert!(with_grad.requires_grad() && with_grad.data_ptr() != k1.data_ptr(), "with autograd on, no cache");
-        tch::no_grad(|| {
-            for (_, v) in vs.variables() {
-                let _ = v.shallow_clone().g_add_scalar_(0.01);
-            }
-        });
-        let _ = conv.kernel(16, true); // a training forward clears the cache
-        let k3 = eval(16);
-        assert!(!k1.allclose(&k3, 1e-7, 1e-7, false), "after training the kernel must be recomputed");
-        assert!(eval(24).size() == vec![1, 3, 24], "a new length is recomputed");
+    fn eval_kernel_is_cached_under_no_grad_until_the_weights_change() {
+        for kind in KINDS {
+            let (vs, conv) = layer(kind, 1);
+            let eval = |seq| tch::no_grad(|| conv.kernel(seq, false));
+            let k1 = eval(16);
+            assert_eq!(k1.data_ptr(), eval(16).data_ptr(), "{kind:?}: a second eval call must reuse the cached kernel");
+            let with_grad = conv.kernel(16, false);
+            assert!(with_grad.requires_grad() && with_grad.data_ptr() != k1.data_ptr(), "{kind:?}: with autograd on, no cache");
+            // loading other weights (as a checkpoint load does: copy_ under no_grad) invalidates it
+            let saved: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, v)| (n, v.detach().copy())).collect();
+            tch::no_grad(|| {
+                for (_, mut v) in vs.variables() {
+                    v.copy_(&(&v + 0.01));
+                }
+            });
+            let k2 = eval(16);
+            assert!(!k1.allclose(&k2, 1e-7, 1e-7, false), "{kind:?}: after a weight change the kernel must be recomputed");
+            tch::no_grad(|| {
+                for (name, t) in &saved {
+                    vs.variables()[name].shallow_clone().copy_(t);
+                }
+            });
+            assert!(k1.allclose(&eval(16), 1e-6, 1e-6, false), "{kind:?}: restoring the weights restores the kernel");
+            assert!(eval(24).size() == vec![1, 3, 24], "{kind:?}: a new length is recomputed");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The SSM sublayer of a BST layer (paper §3): project the embeddings down (d -> d/4, which makes
 //! the FFTs 4x cheaper), run the SSM over the whole sequence, and lift the result back up.
 
-use tch::{nn, nn::Module, Tensor};
+use bst_core::params::linear;
+use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
 use crate::{Recurrence, SsmConfig, SsmConv, SsmError, SsmKind, SsmState};
 
@@ -20,23 +21,15 @@ impl SsmSublayer {
         cfg.validate(d_in)?;
         let channels = cfg.channels(d_in);
         Ok(Self {
-            down: nn::linear(vs / "down", d_in as i64, channels as i64, Default::default()),
+            down: linear(&(vs / "down"), d_in as i64, channels as i64),
             conv: SsmConv::new(&(vs / "conv"), channels, banks, kind, cfg, max_len)?,
-            up: nn::linear(vs / "up", channels as i64, d_out as i64, Default::default()),
+            up: linear(&(vs / "up"), channels as i64, d_out as i64),
         })
     }
 
     /// The convolution layer (for its kernels and recurrence).
     pub fn conv(&self) -> &SsmConv {
         &self.conv
-    }
-
-    /// # Shapes
-    /// - `xs`: `[batch, seq, d_in]` -> `[batch, seq, banks, d_out]`
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let u = self.down.forward(xs).transpose(1, 2); // [b, channels, seq]
-        let y = self.conv.forward_t(&u, train).gelu("none"); // [b, banks, channels, seq]
-        self.up.forward(&y.permute([0, 3, 1, 2])) // [b, seq, banks, d_out]
     }
 
     /// The sublayer's outputs at the given positions only (BST:MF reads each filter at block
@@ -59,6 +52,16 @@ impl SsmSublayer {
         let u = self.down.forward(x); // [b, channels]
         let y = self.conv.step(recurrence, &u, state).gelu("none"); // [b, banks, channels]
         self.up.forward(&y)
+    }
+}
+
+impl ModuleT for SsmSublayer {
+    /// # Shapes
+    /// - `xs`: `[batch, seq, d_in]` -> `[batch, seq, banks, d_out]`
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let u = self.down.forward(xs).transpose(1, 2); // [b, channels, seq]
+        let y = self.conv.forward_t(&u, train).gelu("none"); // [b, banks, channels, seq]
+        self.up.forward(&y.permute([0, 3, 1, 2])) // [b, seq, banks, d_out]
     }
 }
 

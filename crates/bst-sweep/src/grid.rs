@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use bst_model::RunConfig;
+use bst_model::{LayerPlan, RunConfig};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::{Table, Value};
@@ -77,6 +77,8 @@ pub struct RunSpec {
     /// The grid point: dotted key -> value, in file order of the keys.
     pub point: Vec<(String, Value)>,
     pub config: RunConfig,
+    /// Which mixer each layer has, from the validated configuration.
+    pub plan: LayerPlan,
 }
 
 impl fmt::Display for RunSpec {
@@ -210,8 +212,8 @@ impl Sweep {
                         set_path(&mut table, k, v.clone());
                     }
                     table.insert("seed".into(), Value::Integer(seed as i64));
-                    let mut spec = RunSpec { index: runs.len(), run_id: String::new(), variant: variant.clone(), point: point.clone(), config: RunConfig { seed, ..RunConfig::default() } };
-                    spec.config = resolve(table).map_err(|m| err(format!("run {spec}: {m}")))?;
+                    let mut spec = RunSpec { index: runs.len(), run_id: String::new(), variant: variant.clone(), point: point.clone(), config: RunConfig { seed, ..RunConfig::default() }, plan: LayerPlan(Vec::new()) };
+                    (spec.config, spec.plan) = resolve(table).map_err(|m| err(format!("run {spec}: {m}")))?;
                     spec.run_id = run_id(&spec.config);
                     runs.push(spec);
                 }
@@ -232,13 +234,13 @@ impl Sweep {
 }
 
 /// Deserialises a run's table into a RunConfig and validates it; errors name the dotted key.
-fn resolve(table: Table) -> Result<RunConfig, String> {
+fn resolve(table: Table) -> Result<(RunConfig, LayerPlan), String> {
     let config: RunConfig = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
         format!("key `{path}`: {}", e.into_inner())
     })?;
-    config.validate().map_err(|e| e.to_string())?;
-    Ok(config)
+    let plan = config.validate().map_err(|e| e.to_string())?;
+    Ok((config, plan))
 }
 
 /// First 12 hex digits of the SHA-256 of the resolved configuration (as JSON).

@@ -4,6 +4,7 @@
 //! the runs that have no finished record yet, rewriting runs.csv after each one, so a crash or
 //! Ctrl-C loses no finished result and a rerun resumes where it stopped.
 
+pub mod error; // SweepError: what a sweep can fail on (Interrupted is a variant)
 pub mod grid; // sweep TOML: [sweep], [base], [grid], [[variant]], [profiles.*] -> validated RunSpecs
 pub mod plot; // PNG + SVG charts: test bits/byte per variant, training-loss curves
 pub mod provenance; // git commit, device and date of a result
@@ -16,12 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::ops::ControlFlow;
 
-use anyhow::{bail, Context, Result};
 use bst_model::DeviceChoice;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+pub use error::SweepError;
 pub use grid::{GridError, Override, RunSpec, Sweep};
 pub use run::RunRecord;
+
+use crate::error::write_atomically;
+
+type Result<T, E = SweepError> = std::result::Result<T, E>;
 
 /// How to run a sweep (the command line, as a struct).
 #[derive(Debug, Clone)]
@@ -80,12 +85,15 @@ fn step_style() -> ProgressStyle {
 pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     let sweep = Sweep::load(&opts.file, opts.profile.as_deref(), &opts.overrides)?;
     let plot_x = match &sweep.meta.plot_x {
-        Some(k) if !sweep.grid_keys.contains(k) => bail!("{}: sweep.plot_x = `{k}` is not a grid key (grid keys: {})", opts.file.display(), sweep.grid_keys.join(", ")),
+        Some(k) if !sweep.grid_keys.contains(k) => {
+            let message = format!("sweep.plot_x = `{k}` is not a grid key (grid keys: {})", sweep.grid_keys.join(", "));
+            return Err(GridError { file: opts.file.clone(), message }.into());
+        }
         Some(k) => Some(k.clone()),
         None => sweep.grid_keys.first().cloned(),
     };
     if opts.dry_run {
-        let summary = sweep.runs.iter().map(|r| format!("{r}  [{}]", r.run_id)).collect::<Vec<_>>().join("\n");
+        let summary = sweep.runs.iter().map(|r| format!("{r}  [{}]  layers: {}", r.run_id, r.plan)).collect::<Vec<_>>().join("\n");
         println!("{summary}\n{} runs", sweep.runs.len());
         let results_dir = sweep.results_dir(&opts.results_root);
         return Ok(SweepOutcome { sweep, results_dir, records: vec![], reused: 0, trained: 0, files: vec![], summary });
@@ -97,8 +105,8 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
         data.for_run(&spec.config)?;
     }
     let results_dir = sweep.results_dir(&opts.results_root);
-    std::fs::create_dir_all(results_dir.join("runs")).with_context(|| format!("creating {}", results_dir.display()))?;
-    bst_data::shard::write_atomically(&results_dir.join("sweep.toml"), &std::fs::read(&opts.file)?)?;
+    std::fs::create_dir_all(results_dir.join("runs")).map_err(SweepError::io(&results_dir))?;
+    write_atomically(&results_dir.join("sweep.toml"), &std::fs::read(&opts.file).map_err(SweepError::io(&opts.file))?)?;
     let csv_path = results_dir.join("runs.csv");
 
     let bars = MultiProgress::with_draw_target(if opts.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
@@ -142,12 +150,12 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
                 overall.inc(1);
                 results::write_csv(&csv_path, &sweep.grid_keys, &records)?;
             }
-            Err(e) if e.downcast_ref::<bst_model::ModelError>().is_some_and(|m| matches!(m, bst_model::ModelError::Interrupted { .. })) => {
+            Err(e) if e.is_interrupt() => {
                 interrupted = Some(spec.to_string());
             }
             Err(e) => {
                 results::write_csv(&csv_path, &sweep.grid_keys, &records)?;
-                return Err(e.context(format!("run {spec} failed (finished runs are kept in {})", csv_path.display())));
+                return Err(SweepError::RunFailed { run: spec.to_string(), csv: csv_path, source: Box::new(e) });
             }
         }
     }
@@ -155,7 +163,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     results::write_csv(&csv_path, &sweep.grid_keys, &records)?;
     let mut files = vec![csv_path];
     if let Some(run) = interrupted {
-        bail!("interrupted during {run} (checkpoint saved): {} finished runs are in {}; rerun the same command to resume", records.len(), files[0].display());
+        return Err(SweepError::Interrupted { run, finished: records.len(), csv: files.remove(0) });
     }
     let mut plots = Vec::new();
     for metric in plot::Metric::ALL.into_iter().filter(|m| records.iter().any(|r| m.of(&r.test).is_some())) {
@@ -174,7 +182,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
     let data_text = report::data_summary(&data.all(), &data.all_lra());
     let report = report::markdown(&sweep, &records, &data_text, &plots, &opts.command);
     let report_path = results_dir.join("report.md");
-    bst_data::shard::write_atomically(&report_path, report.as_bytes())?;
+    write_atomically(&report_path, report.as_bytes())?;
     files.push(report_path);
     let summary = format!("{}\n{}\nWrote: {}", report::table(&sweep, &records), data_text, files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(SweepOutcome { sweep, results_dir, records, reused, trained, files, summary })

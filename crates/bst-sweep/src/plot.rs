@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use bst_model::EvalMetrics;
 
+use crate::error::SweepError;
 use crate::run::RunRecord;
 
 /// One line of a chart: a legend label and its (x, y) points.
@@ -27,18 +27,23 @@ pub struct Chart {
     pub x_labels: Option<Vec<String>>,
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Result<()>
+/// A drawing error, as text (plotters' errors are generic over the backend).
+fn failed<E: std::fmt::Debug>(e: E) -> String {
+    format!("{e:?}")
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
+    root.fill(&WHITE).map_err(failed)?;
     let points = chart.series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
-        return Err(anyhow!("nothing to plot for `{}`", chart.title));
+        return Err(format!("nothing to plot for `{}`", chart.title));
     }
     let pad_x = ((x1 - x0) * 0.08).max(0.5);
     let pad_y = ((y1 - y0) * 0.1).max(0.02);
@@ -48,7 +53,7 @@ where
         .x_label_area_size(48)
         .y_label_area_size(70)
         .build_cartesian_2d((x0 - pad_x)..(x1 + pad_x), (y0 - pad_y)..(y1 + pad_y))
-        .map_err(|e| anyhow!("{e:?}"))?;
+        .map_err(failed)?;
     let x_labels = chart.x_labels.clone();
     let format_x = move |x: &f64| match &x_labels {
         Some(labels) if (x - x.round()).abs() < 1e-9 && *x >= 0.0 => labels.get(x.round() as usize).cloned().unwrap_or_default(),
@@ -64,18 +69,18 @@ where
         .axis_desc_style(("sans-serif", 18))
         .label_style(("sans-serif", 15))
         .draw()
-        .map_err(|e| anyhow!("{e:?}"))?;
+        .map_err(failed)?;
     for (i, s) in chart.series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let mut pts = s.points.clone();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let markers = pts.len() <= 32;
         ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| anyhow!("{e:?}"))?
+            .map_err(failed)?
             .label(&s.label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
         if markers {
-            ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| anyhow!("{e:?}"))?;
+            ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(failed)?;
         }
     }
     ctx.configure_series_labels()
@@ -84,23 +89,25 @@ where
         .label_font(("sans-serif", 15))
         .position(SeriesLabelPosition::UpperRight)
         .draw()
-        .map_err(|e| anyhow!("{e:?}"))?;
-    root.present().map_err(|e| anyhow!("{e:?}"))?;
+        .map_err(failed)?;
+    root.present().map_err(failed)?;
     Ok(())
 }
 
 /// Renders `chart` to `<stem>.png` and `<stem>.svg` (each written to a temp file, then renamed).
 /// Many categories widen the canvas so that their labels do not collide.
-pub fn render(chart: &Chart, stem: &Path) -> Result<Vec<PathBuf>> {
+pub fn render(chart: &Chart, stem: &Path) -> Result<Vec<PathBuf>, SweepError> {
     let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
     let (png_tmp, svg_tmp) = (stem.with_extension("tmp.png"), stem.with_extension("tmp.svg"));
     let longest = chart.x_labels.iter().flatten().map(|l| l.len()).max().unwrap_or(0) as u32;
     let categories = chart.x_labels.as_ref().map_or(0, |l| l.len()) as u32;
     let size = ((categories * (longest * 9 + 20) + 200).max(1000), 640);
-    draw(BitMapBackend::new(&png_tmp, size).into_drawing_area(), chart).with_context(|| format!("drawing {}", png.display()))?;
-    draw(SVGBackend::new(&svg_tmp, size).into_drawing_area(), chart).with_context(|| format!("drawing {}", svg.display()))?;
-    std::fs::rename(&png_tmp, &png)?;
-    std::fs::rename(&svg_tmp, &svg)?;
+    draw(BitMapBackend::new(&png_tmp, size).into_drawing_area(), chart).map_err(SweepError::file(&png))?;
+    draw(SVGBackend::new(&svg_tmp, size).into_drawing_area(), chart).map_err(SweepError::file(&svg))?;
+    for (tmp, file) in [(&png_tmp, &png), (&svg_tmp, &svg)] {
+        std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(SweepError::io(tmp))?;
+        std::fs::rename(tmp, file).map_err(SweepError::io(file))?;
+    }
     Ok(vec![png, svg])
 }
 
@@ -245,16 +252,18 @@ pub fn loss_chart(sweep_name: &str, curves: Vec<(String, Vec<(f64, f64)>)>, smoo
 }
 
 /// (tokens_seen, loss) from a run's metrics.csv.
-pub fn read_loss_curve(metrics_csv: &Path) -> Result<Vec<(f64, f64)>> {
-    let mut reader = csv::Reader::from_path(metrics_csv).with_context(|| format!("reading {}", metrics_csv.display()))?;
-    let headers = reader.headers()?.clone();
-    let col = |name: &str| headers.iter().position(|h| h == name).ok_or_else(|| anyhow!("{}: no `{name}` column", metrics_csv.display()));
+pub fn read_loss_curve(metrics_csv: &Path) -> Result<Vec<(f64, f64)>, SweepError> {
+    let bad = |reason: String| SweepError::File { path: metrics_csv.to_owned(), reason };
+    let mut reader = csv::Reader::from_path(metrics_csv).map_err(|e| bad(e.to_string()))?;
+    let headers = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).ok_or_else(|| bad(format!("no `{name}` column")));
     let (tok, loss) = (col("tokens_seen")?, col("loss")?);
+    let number = |cell: &str| cell.parse::<f64>().map_err(|e| bad(format!("`{cell}`: {e}")));
     reader
         .records()
         .map(|r| {
-            let r = r?;
-            Ok((r[tok].parse::<f64>()?, r[loss].parse::<f64>()?))
+            let r = r.map_err(|e| bad(e.to_string()))?;
+            Ok((number(&r[tok])?, number(&r[loss])?))
         })
         .collect()
 }

@@ -19,7 +19,7 @@ pub fn longer_factors(records: &[RunRecord]) -> Vec<usize> {
 /// A Markdown table of the finished runs, one row each, sorted as the grid.
 pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
     let factors = longer_factors(records);
-    let mut head = vec!["variant".to_string()];
+    let mut head = vec!["variant".to_string(), "layers (from 1)".to_string()];
     head.extend(sweep.grid_keys.iter().cloned());
     head.extend(["seed", "params", "tokens", "tok/s", "wall (s)", "valid bpb", "test bpb", "test ppl"].map(String::from));
     head.extend(factors.iter().map(|f| format!("test bpb {f}x len")));
@@ -29,7 +29,7 @@ pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
     }
     let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
     for r in records {
-        let mut cells = vec![r.variant.clone()];
+        let mut cells = vec![r.variant.clone(), r.placement.clone()];
         cells.extend(sweep.grid_keys.iter().map(|k| r.point.get(k).cloned().unwrap_or_default()));
         cells.extend([
             r.seed.to_string(),
@@ -106,7 +106,7 @@ pub fn markdown(sweep: &Sweep, records: &[RunRecord], data_text: &str, plots: &[
     }
     let _ = writeln!(out, "## Data\n\n{data_text}\n");
     let _ = writeln!(out, "## Runs ({} of {} finished)\n\n{}", records.len(), sweep.runs.len(), table(sweep, records));
-    let _ = writeln!(out, "bpb = bits per byte, ppl = perplexity per token (per label for a classification task); evaluation on {} tokens (examples, for a classification task) per split.\n", records.first().map_or(0, |r| r.test.tokens));
+    let _ = writeln!(out, "bpb = bits per byte, ppl = perplexity per token (per label for a classification task); evaluation on {} tokens (examples, for a classification task) per split. \"layers (from 1)\" lists the layers that are not SLIDE, numbered from 1 as the paper counts them (`model.ssm_layers` counts from 0). Training windows: {}.\n", records.first().map_or(0, |r| r.test.tokens), sampling_summary(records));
     if let Some(spread) = params_spread(records.iter().map(|r| (r.variant.as_str(), r.params))) {
         let _ = writeln!(out, "{spread}\n");
     }
@@ -115,6 +115,22 @@ pub fn markdown(sweep: &Sweep, records: &[RunRecord], data_text: &str, plots: &[
         let _ = writeln!(out, "![{p}]({p})\n");
     }
     out
+}
+
+/// How the runs drew their training windows, in words.
+fn sampling_summary(records: &[RunRecord]) -> String {
+    let mut kinds: Vec<&str> = records.iter().map(|r| r.sampling.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let words = |k: &str| match k {
+        "sequential" => "sequential (consecutive windows of whole documents per batch row, state carried from step to step)".to_string(),
+        "random" => "random (independent windows, fresh state each step)".to_string(),
+        other => other.to_string(),
+    };
+    match kinds.as_slice() {
+        [one] => words(one),
+        many => format!("differ between runs ({}); see the sampling column of runs.csv", many.join(", ")),
+    }
 }
 
 /// How far apart the sizes of the compared models are, in one sentence (the paper compares models

@@ -3,13 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::Result;
-use bst_data::shard::write_atomically;
-
+use crate::error::{write_atomically, SweepError};
 use crate::run::RunRecord;
 
-const METRICS: [&str; 19] = [
-    "arch", "params", "steps", "tokens_seen", "wall_s", "tokens_per_s", "final_train_loss",
+const METRICS: [&str; 21] = [
+    "arch", "placement", "sampling", "params", "steps", "tokens_seen", "wall_s", "tokens_per_s", "final_train_loss",
     "valid_loss", "valid_ppl", "valid_bpb", "test_loss", "test_ppl", "test_bpb", "eval_tokens",
     "unigram_test_bpb", "git_commit", "device", "date", "run_id",
 ];
@@ -31,6 +29,8 @@ fn row(r: &RunRecord, grid_keys: &[String], factors: &[usize], answers: bool) ->
     cells.push(r.seed.to_string());
     cells.extend([
         r.arch.clone(),
+        r.placement.clone(),
+        r.sampling.clone(),
         r.params.to_string(),
         r.steps.to_string(),
         r.tokens_seen.to_string(),
@@ -59,13 +59,13 @@ fn row(r: &RunRecord, grid_keys: &[String], factors: &[usize], answers: bool) ->
 }
 
 /// Writes runs.csv atomically from the finished runs, in grid order.
-pub fn write_csv(path: &Path, grid_keys: &[String], records: &[RunRecord]) -> Result<()> {
+pub fn write_csv(path: &Path, grid_keys: &[String], records: &[RunRecord]) -> Result<(), SweepError> {
     let factors = crate::report::longer_factors(records);
     let answers = records.iter().any(|r| r.test.answers.is_some());
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(header(grid_keys, &factors, answers))?;
+    w.write_record(header(grid_keys, &factors, answers)).map_err(SweepError::file(path))?;
     for r in records {
-        w.write_record(row(r, grid_keys, &factors, answers))?;
+        w.write_record(row(r, grid_keys, &factors, answers)).map_err(SweepError::file(path))?;
     }
-    Ok(write_atomically(path, &w.into_inner()?)?)
+    write_atomically(path, &w.into_inner().map_err(SweepError::file(path))?)
 }

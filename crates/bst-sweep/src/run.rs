@@ -13,16 +13,17 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use anyhow::{Context, Result};
 use bst_data::lra::{LraConfig, LraDataset};
-use bst_data::shard::write_atomically;
-use bst_data::{Corpus, DataConfig, PreparedData, SplitName};
-use bst_model::{checkpoint, evaluate_classifier, evaluate_with_precision, train_classifier, AnswerMetrics, Classifier, EvalMetrics, RunConfig, StepMetrics, TrainOutcome, Trainer};
+use bst_data::{Corpus, DataConfig, PreparedData, Sampling, SplitName};
+use bst_model::{checkpoint, evaluate_classifier, evaluate_with_precision, train_classifier, AnswerMetrics, Classifier, EvalMetrics, ModelError, RunConfig, StepMetrics, TrainOutcome, Trainer};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
+use crate::error::{write_atomically, SweepError};
 use crate::grid::{point_map, RunSpec};
 use crate::provenance::Provenance;
+
+type Result<T, E = SweepError> = std::result::Result<T, E>;
 
 /// Tokenised splits of one data configuration (shared by every run that uses it): the
 /// tokenizer, memory-mapped shards and the corpus statistics.
@@ -47,11 +48,12 @@ pub struct DataCache {
 
 impl DataCache {
     pub fn get(&mut self, cfg: &DataConfig) -> Result<Rc<LoadedData>> {
-        let key = serde_json::to_string(cfg)?;
+        // how windows are sampled does not change the data
+        let key = serde_json::to_string(&DataConfig { sampling: Sampling::Auto, ..cfg.clone() }).expect("a data configuration serialises");
         if let Some((_, data)) = self.loaded.iter().find(|(k, _)| *k == key) {
             return Ok(data.clone());
         }
-        let data = LoadedData::load(cfg).with_context(|| format!("preparing the {} corpus from {}", cfg.corpus, cfg.dir.display()))?;
+        let data = LoadedData::load(cfg)?;
         for why in &data.rebuilt {
             eprintln!("[data] {} / {}: rebuilt {why}", cfg.corpus, cfg.tokenizer_name());
         }
@@ -62,17 +64,16 @@ impl DataCache {
 
     /// The LRA task of a classification run (Retrieval pairs documents of `[data]`'s corpus).
     fn get_lra(&mut self, lra: &LraConfig, corpus: &DataConfig) -> Result<Rc<LraDataset>> {
-        let key = serde_json::to_string(&(lra, corpus))?;
+        let key = serde_json::to_string(&(lra, corpus)).expect("task configurations serialise");
         if let Some((_, data)) = self.lra.iter().find(|(k, _)| *k == key) {
             return Ok(data.clone());
         }
-        let context = || format!("preparing the {} task", lra.task);
         let data = if lra.task.is_pair() {
-            let c = Corpus::load(corpus).with_context(context)?;
+            let c = Corpus::load(corpus)?;
             let docs: Vec<_> = [c.train, c.valid, c.test].into_iter().flat_map(|s| s.documents).collect();
-            LraDataset::retrieval(lra, &docs).with_context(context)?
+            LraDataset::retrieval(lra, &docs)?
         } else {
-            LraDataset::load(lra).with_context(context)?
+            LraDataset::load(lra)?
         };
         let data = Rc::new(data);
         self.lra.push((key, data.clone()));
@@ -107,6 +108,12 @@ pub struct RunRecord {
     pub point: std::collections::BTreeMap<String, String>,
     pub seed: u64,
     pub arch: String,
+    /// The layers that are not SLIDE, numbered from 1 as in the paper (`"2 BST:SH:S4D"`).
+    #[serde(default)]
+    pub placement: String,
+    /// How training windows were drawn (`random` or `sequential`).
+    #[serde(default)]
+    pub sampling: String,
     pub params: usize,
     pub steps: usize,
     pub tokens_seen: usize,
@@ -150,6 +157,8 @@ impl RunRecord {
             point: point_map(spec),
             seed: cfg.seed,
             arch: cfg.model.arch.to_string(),
+            placement: spec.plan.placement(),
+            sampling: if cfg.lra.is_some() { "random".into() } else { cfg.sampling(&spec.plan).to_string() },
             params,
             steps: outcome.steps,
             tokens_seen: outcome.tokens_seen,
@@ -189,11 +198,9 @@ fn open_metrics(path: &Path, step: usize) -> Result<std::io::BufWriter<std::fs::
         .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s < step))
         .map(String::from)
         .collect();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
-    writeln!(file, "{HEADER}")?;
-    for line in kept {
-        writeln!(file, "{line}")?;
-    }
+    let io = SweepError::io(path);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(SweepError::io(path))?);
+    writeln!(file, "{HEADER}").and_then(|_| kept.iter().try_for_each(|line| writeln!(file, "{line}"))).map_err(io)?;
     Ok(file)
 }
 
@@ -208,14 +215,20 @@ pub fn execute(
     on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
 ) -> Result<RunRecord> {
     let dir = run_dir(results_dir, &spec.run_id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_atomically(&dir.join("config.toml"), toml::to_string_pretty(&spec.config)?.as_bytes())?;
+    write_atomically(&dir.join("config.toml"), config_file(spec).as_bytes())?;
     let record = match data {
         RunData::Lm(data) => execute_lm(spec, data, &dir, device, log, on_step)?,
         RunData::Lra(data) => execute_lra(spec, data, &dir, device, on_step)?,
     };
-    write_atomically(&dir.join("result.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    write_atomically(&dir.join("result.json"), serde_json::to_string_pretty(&record).expect("a run record serialises").as_bytes())?;
     Ok(record)
+}
+
+/// A run's `config.toml`: its layer plan (1-based, as the paper counts layers), then the resolved
+/// configuration, which is all a reader needs (`bst-score` rebuilds the model from it).
+pub fn config_file(spec: &RunSpec) -> String {
+    let body = toml::to_string_pretty(&spec.config).expect("a run configuration serialises");
+    format!("# run {} ({spec})\n# layers, numbered from 1 as in the paper: {}\n\n{body}", spec.run_id, spec.plan)
 }
 
 /// Runs `train` with a step callback that appends each step to metrics.csv (keeping the rows of
@@ -236,9 +249,9 @@ fn train_logging_steps(
         }
         on_step(m)
     });
-    metrics.flush()?;
+    metrics.flush().map_err(SweepError::io(path))?;
     if let Some(e) = io_error {
-        return Err(e).with_context(|| format!("writing {}", path.display()));
+        return Err(SweepError::io(path)(e));
     }
     Ok(outcome?)
 }
@@ -256,15 +269,15 @@ fn execute_lm(
     // A trained BPE belongs with the run, so that bst-score works even after data/ is refetched.
     let bpe = data.cache_dir.join("tokenizer.json");
     if bpe.exists() {
-        write_atomically(&dir.join("tokenizer.json"), &std::fs::read(&bpe).with_context(|| format!("reading {}", bpe.display()))?)?;
+        write_atomically(&dir.join("tokenizer.json"), &std::fs::read(&bpe).map_err(SweepError::io(&bpe))?)?;
     }
     let vs = nn::VarStore::new(device);
     let model = cfg.build_model(&vs.root(), data.tokenizer.vocab_size())?;
     let params = bst_model::lm::parameter_count(&vs);
-    let mut trainer = Trainer::new(&model, &vs, cfg);
+    let mut trainer = Trainer::new(&model, &vs, cfg, &data.train)?;
     let ckpt = dir.join("checkpoint");
     let resumed_from_step = if checkpoint::exists(&ckpt) {
-        trainer.resume(&ckpt).with_context(|| format!("resuming {spec} (delete {} to restart it from scratch)", ckpt.display()))?;
+        trainer.resume(&ckpt).map_err(|source| SweepError::Resume { run: spec.to_string(), checkpoint: ckpt.clone(), source })?;
         log(format!("{spec}: resuming from the checkpoint at step {}", trainer.step()));
         Some(trainer.step())
     } else {
@@ -273,7 +286,7 @@ fn execute_lm(
     let outcome = train_logging_steps(&dir.join("metrics.csv"), trainer.step(), on_step, |steps| trainer.run(&data.train, Some(&ckpt), steps))?;
     let t = &cfg.train;
     let eval = |stream, factor: usize| evaluate_with_precision(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device, t.precision);
-    let longer = t.eval_length_factors.iter().skip(1).map(|&factor| Ok(LengthEval { factor, seq_len: t.seq_len * factor, test: eval(&data.test, factor)? })).collect::<Result<Vec<_>>>()?;
+    let longer = t.eval_length_factors.iter().skip(1).map(|&factor| Ok(LengthEval { factor, seq_len: t.seq_len * factor, test: eval(&data.test, factor)? })).collect::<Result<Vec<_>, ModelError>>()?;
     let scores = Scores { valid: eval(&data.valid, 1)?, test: eval(&data.test, 1)?, longer, unigram_test_bpb: data.stats.unigram_test_bpb };
     Ok(RunRecord::new(spec, params, &outcome, scores, resumed_from_step, device))
 }

@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn impossible_lengths_are_rejected() {
         let cfg = LraConfig { seq_len: Some(100), ..LraConfig::default() };
-        assert!(matches!(LraDataset::load(&cfg), Err(DataError::InvalidSetting { key: "lra.listops.min_len", .. })));
+        assert!(matches!(LraDataset::load(&cfg), Err(DataError::Invalid(e)) if e.key == "lra.listops.min_len"));
         let shallow = ListOpsConfig { max_depth: 2, max_args: 3, min_len: 10 };
         assert!(shallow.validate(2000).is_err(), "depth 2 with 3 arguments has at most 5 tokens");
     }

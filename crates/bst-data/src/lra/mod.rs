@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+pub(crate) use crate::error::invalid;
 use crate::{DataError, Document, SplitName};
 
 pub use listops::ListOpsConfig;
@@ -182,11 +183,6 @@ impl LraConfig {
             LraTask::Text | LraTask::Image | LraTask::Retrieval => Ok(()),
         }
     }
-}
-
-/// An `InvalidSetting` error for `key = value`.
-pub(crate) fn invalid(key: &'static str, value: impl ToString, reason: impl Into<String>) -> DataError {
-    DataError::InvalidSetting { key, value: value.to_string(), reason: reason.into() }
 }
 
 /// One classification example.
