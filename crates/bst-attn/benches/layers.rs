@@ -42,7 +42,7 @@ fn run(layer: &dyn Mixer, xs: &Tensor, train: bool) -> Tensor {
 fn layers(vs: &nn::Path, window: usize, max_len: usize) -> Vec<(&'static str, Box<dyn Mixer>)> {
     let mut cfg = LayerConfig::small(D_MODEL, HEADS, window);
     (cfg.context_states, cfg.max_len) = (STATES, max_len);
-    let bst = |name: &str, variant| -> Box<dyn Mixer> { Box::new(BstAttention::new(&(vs / name), &cfg, variant, SsmKind::S4d).unwrap()) };
+    let bst = |name: &str, variant| -> Box<dyn Mixer> { Box::new(BstAttention::new(&(vs / name), &cfg, variant, SsmKind::S4d)) };
     vec![
         ("SLIDE", Box::new(BlockSelfAttention::new(&(vs / "slide"), &cfg))),
         ("BST:SH:S4D", bst("sh", ContextVariant::Sh)),

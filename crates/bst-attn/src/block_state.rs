@@ -28,11 +28,11 @@
 
 use bst_core::params::{linear, var};
 use bst_core::ParamGroup;
-use bst_ssm::{SsmKind, SsmSublayer};
+use bst_ssm::{SsmKind, SsmLayerConfig, SsmSublayer};
 use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
 use crate::block_attention::{from_blocks, split_heads, to_blocks, BlockAttentionHeads};
-use crate::{block_attention, AttnError, BlockPattern, BlockScope, HeadDims, LayerConfig, Mixer, MixerState};
+use crate::{block_attention, BlockPattern, BlockScope, HeadDims, LayerConfig, Mixer, MixerState};
 
 /// How the SSM output is turned into context states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub struct BstAttention {
 impl BstAttention {
     /// A BST layer with `variant` context states from an SSM of family `ssm_kind`; MF reads
     /// `cfg.context_states` filters (S), SH and MH use S = W.
-    pub fn new(vs: &nn::Path, cfg: &LayerConfig, variant: ContextVariant, ssm_kind: SsmKind) -> Result<Self, AttnError> {
+    pub fn new(vs: &nn::Path, cfg: &LayerConfig, variant: ContextVariant, ssm_kind: SsmKind) -> Self {
         let dims = cfg.dims;
         let d = dims.d_model as i64;
         let banks = match variant {
@@ -110,8 +110,9 @@ impl BstAttention {
             let learned = |name: &str| var(vs, name, &[s, d], nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ParamGroup::NoDecay);
             MultiFilter { context_ids: learned("context_ids"), initial_context: learned("initial_context") }
         });
-        Ok(Self {
-            ssm: SsmSublayer::new(&(vs / "ssm"), dims.d_model, dims.d_model, banks, ssm_kind, &cfg.ssm, cfg.max_len)?,
+        let ssm = SsmLayerConfig { banks, ..SsmLayerConfig::new(&cfg.ssm, ssm_kind, dims.d_model, cfg.max_len) };
+        Self {
+            ssm: SsmSublayer::new(&(vs / "ssm"), &ssm),
             self_attn: BlockAttentionHeads::new(&(vs / "self_attn"), cfg),
             cross_q: linear(&(vs / "cross_q"), d, d),
             cross_kv,
@@ -120,7 +121,7 @@ impl BstAttention {
             dims,
             window: cfg.window(),
             variant,
-        })
+        }
     }
 
     /// Context states of every block.
@@ -221,7 +222,7 @@ mod tests {
     fn layer(vs: &nn::VarStore, window: usize, variant: ContextVariant) -> BstAttention {
         let mut cfg = LayerConfig::small(16, 2, window);
         (cfg.context_states, cfg.max_len) = (3, 64);
-        BstAttention::new(&vs.root(), &cfg, variant, SsmKind::S4d).unwrap()
+        BstAttention::new(&vs.root(), &cfg, variant, SsmKind::S4d)
     }
 
     #[test]

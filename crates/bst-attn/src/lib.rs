@@ -12,7 +12,6 @@ pub mod block_attention; // blocked self-attention over W-token blocks: sliding 
 pub mod block_state; // the BST layer: SLIDE self-attention + cross-attention to SSM context states (SH, MH, MF)
 pub mod brect; // BRECT:FIXED:SKIP, the Block-Recurrent Transformer cell, blocks in sequence
 pub mod config; // AttnConfig (the [attn] table), WindowMask, HeadDims, LayerConfig (what every mixer is built from)
-pub mod error; // AttnError: invalid configurations (full dotted key), SSM errors
 pub mod mask; // the attention patterns as explicit [seq, seq] masks: the reference definitions
 pub mod mixer; // the Mixer trait (one forward for every sequence mixer) and MixerState (what one carries)
 pub mod rope; // rotary position embedding, applied at absolute token positions
@@ -22,7 +21,6 @@ pub use block_attention::{block_attention, BlockAttentionHeads, BlockPattern, Bl
 pub use block_state::{BstAttention, ContextVariant};
 pub use brect::{BrectCell, BrectState};
 pub use config::{AttnConfig, HeadDims, LayerConfig, WindowMask};
-pub use error::AttnError;
 pub use mixer::{Mixer, MixerState};
 pub use rope::Rope;
 pub use xl::{XlAttention, XlMemory};

@@ -340,7 +340,7 @@ mod tests {
             tch::manual_seed(4);
             let vs = nn::VarStore::new(CPU);
             let cfg = SsmConfig { state_size: 16, proj_factor: 1, unstructured_filter: filter, ..SsmConfig::default() };
-            let conv = SsmConv::new(&vs.root(), 4, 2, kind, &cfg, 256).unwrap();
+            let conv = SsmConv::new(&vs.root(), &bst_ssm::SsmLayerConfig { banks: 2, ..bst_ssm::SsmLayerConfig::new(&cfg, kind, 4, 256) });
             let u = Tensor::randn([2, 4, 256], (Kind::Float, CPU));
             let (k32, y32) = (conv.kernel(256, true), conv.forward_t(&u, true));
             let _bf16 = Autocast::enter(CPU, Precision::Bf16).unwrap();

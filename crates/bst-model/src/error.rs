@@ -7,8 +7,6 @@ pub enum ModelError {
     #[error(transparent)]
     Invalid(#[from] InvalidConfig),
     #[error(transparent)]
-    Attn(#[from] bst_attn::AttnError),
-    #[error(transparent)]
     Ssm(#[from] bst_ssm::SsmError),
     #[error(transparent)]
     Data(#[from] bst_data::DataError),

@@ -8,7 +8,7 @@
 
 use bst_attn::{BlockSelfAttention, BrectCell, BstAttention, LayerConfig, Mixer, MixerState, XlAttention};
 use bst_core::params::{embedding, layer_norm, linear};
-use bst_ssm::{GssLayer, SsmKind};
+use bst_ssm::{GssLayer, SsmKind, SsmLayerConfig};
 use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
 use crate::config::{LayerKind, LayerPlan};
@@ -79,20 +79,20 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(vs: &nn::Path, kind: LayerKind, cfg: &LayerConfig, mlp_ratio: usize) -> Result<Self, ModelError> {
+    fn new(vs: &nn::Path, kind: LayerKind, cfg: &LayerConfig, mlp_ratio: usize) -> Self {
         let d = cfg.dims.d_model as i64;
         let mp = &(vs / "mixer");
         let mixer: Box<dyn Mixer> = match kind {
             LayerKind::Slide => Box::new(BlockSelfAttention::new(mp, cfg)),
-            LayerKind::Bst { context, ssm } => Box::new(BstAttention::new(mp, cfg, context, ssm)?),
+            LayerKind::Bst { context, ssm } => Box::new(BstAttention::new(mp, cfg, context, ssm)),
             LayerKind::Brect => Box::new(BrectCell::new(mp, cfg)),
             LayerKind::Xl => Box::new(XlAttention::transformer_xl(mp, cfg)),
             LayerKind::Attention => Box::new(XlAttention::full(mp, cfg)),
             // GSS uses DSS, a diagonal SSM; S4D is that family's standard form
-            LayerKind::Gss => Box::new(GssLayer::new(mp, cfg.dims.d_model, SsmKind::S4d, &cfg.ssm, cfg.max_len)?),
+            LayerKind::Gss => Box::new(GssLayer::new(mp, &SsmLayerConfig::new(&cfg.ssm, SsmKind::S4d, cfg.dims.d_model, cfg.max_len))),
         };
         let mlp = (kind != LayerKind::Gss).then(|| (layer_norm(&(vs / "norm2"), d), Mlp::new(&(vs / "mlp"), d, d * mlp_ratio as i64, cfg.dims.dropout)));
-        Ok(Self { norm1: layer_norm(&(vs / "norm1"), d), mixer, mlp })
+        Self { norm1: layer_norm(&(vs / "norm1"), d), mixer, mlp }
     }
 
     /// # Shapes
@@ -124,12 +124,12 @@ pub struct LanguageModel {
 impl LanguageModel {
     /// Builds the layers of `plan`; variable names follow the module tree
     /// (`layers.3.mixer.ssm.conv.s4d.log_dt`). Use `RunConfig::build_model`, which validates.
-    pub fn new(vs: &nn::Path, plan: LayerPlan, cfg: &LayerConfig, model: &ModelConfig, vocab_size: usize) -> Result<Self, ModelError> {
+    pub fn new(vs: &nn::Path, plan: LayerPlan, cfg: &LayerConfig, model: &ModelConfig, vocab_size: usize) -> Self {
         let d = cfg.dims.d_model as i64;
-        let layers = plan.0.iter().enumerate().map(|(i, &kind)| Layer::new(&(vs / "layers" / i), kind, cfg, model.mlp_ratio)).collect::<Result<Vec<_>, _>>()?;
+        let layers = plan.0.iter().enumerate().map(|(i, &kind)| Layer::new(&(vs / "layers" / i), kind, cfg, model.mlp_ratio)).collect();
         let window = if plan.is_blocked() { cfg.attn.window } else { 1 };
         let segment = if plan.0.contains(&LayerKind::Xl) { cfg.segment_len } else { 1 };
-        Ok(Self {
+        Self {
             embed: embedding(&(vs / "embed"), vocab_size as i64, d),
             layers,
             norm: layer_norm(&(vs / "norm"), d),
@@ -138,7 +138,7 @@ impl LanguageModel {
             dropout: cfg.dims.dropout,
             max_len: cfg.max_len as i64,
             block: lcm(window, segment) as i64,
-        })
+        }
     }
 
     /// Which mixer each layer has.

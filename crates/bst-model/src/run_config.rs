@@ -134,7 +134,7 @@ impl RunConfig {
     pub fn build_model(&self, vs: &nn::Path, vocab_size: usize) -> Result<LanguageModel, ModelError> {
         let plan = self.validate()?;
         tch::manual_seed(self.seed as i64);
-        LanguageModel::new(vs, plan, &self.layer_config(), &self.model, vocab_size)
+        Ok(LanguageModel::new(vs, plan, &self.layer_config(), &self.model, vocab_size))
     }
 }
 

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bst_ssm::vandermonde::{diagonal_kernel, diagonal_kernel_naive};
-use bst_ssm::{causal_fft_conv, direct_causal_conv, S4dKernel, SsmConfig, SsmConv, SsmKind, SsmSublayer, UnstructuredFilter};
+use bst_ssm::{causal_fft_conv, direct_causal_conv, S4dKernel, SsmConfig, SsmConv, SsmKind, SsmLayerConfig, SsmSublayer, UnstructuredFilter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tch::{nn, Device, Kind, Tensor, nn::ModuleT};
 
@@ -22,9 +22,7 @@ fn device() -> Device {
 }
 
 fn sync() {
-    if let Device::Cuda(i) = device() {
-        tch::Cuda::synchronize(i as i64);
-    }
+    bst_core::sync(device());
 }
 
 /// Times `f` with a device sync before reading the clock (candle's `iter_custom` pattern).
@@ -46,7 +44,7 @@ fn sublayer(c: &mut Criterion) {
         let vs = nn::VarStore::new(device());
         let max_len = *LENGTHS.last().unwrap() as usize;
         let cfg = SsmConfig { unstructured_filter: filter, ..SsmConfig::default() };
-        let layer = SsmSublayer::new(&vs.root(), D_MODEL, D_MODEL, 1, kind, &cfg, max_len).unwrap();
+        let layer = SsmSublayer::new(&vs.root(), &SsmLayerConfig::new(&cfg, kind, D_MODEL, max_len));
         let kind = if kind == SsmKind::Unstructured { format!("{kind:?}{filter:?}") } else { format!("{kind:?}") };
         for seq in LENGTHS {
             let xs = Tensor::randn([1, seq, D_MODEL as i64], (Kind::Float, device()));
@@ -87,9 +85,9 @@ fn kernel_generation(c: &mut Criterion) {
     let _guard = tch::no_grad_guard();
     let channels = SsmConfig::default().channels(D_MODEL);
     let vs = nn::VarStore::new(device());
-    let s4d = S4dKernel::new(&(vs.root() / "s4d"), channels, &SsmConfig::default()).unwrap();
+    let s4d = S4dKernel::new(&(vs.root() / "s4d"), channels, &SsmConfig::default());
     let (log_a, cb) = s4d.discretize();
-    let s4 = SsmConv::new(&(vs.root() / "s4"), channels, 1, SsmKind::S4, &SsmConfig::default(), 1).unwrap();
+    let s4 = SsmConv::new(&(vs.root() / "s4"), &SsmLayerConfig { ssm: SsmConfig { proj_factor: 1, ..SsmConfig::default() }, ..SsmLayerConfig::new(&SsmConfig::default(), SsmKind::S4, channels, 1) });
     let mut group = c.benchmark_group(format!("kernel_{channels}ch_n16"));
     group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     for seq in LENGTHS {

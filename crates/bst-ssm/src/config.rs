@@ -118,6 +118,35 @@ impl Default for SsmConfig {
     }
 }
 
+/// What an SSM layer is built from, in one struct: the `[ssm]` table, the kernel family (part of
+/// the model's name) and the sizes the model decides. Layers are built only from a configuration
+/// whose `ssm` passed [`SsmConfig::validate`] for `width`: their constructors do not check again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsmLayerConfig {
+    pub ssm: SsmConfig,
+    pub kind: SsmKind,
+    /// Input width (d_model); the convolution runs over `width / ssm.proj_factor` channels.
+    pub width: usize,
+    /// Output width of the SSM sublayer, per bank.
+    pub out: usize,
+    /// Independent filter banks over the same input (BST:MF's S filters, BST:MH's heads; 1 otherwise).
+    pub banks: usize,
+    /// Training length: the taps of explicit unstructured filters (>= 1).
+    pub max_len: usize,
+}
+
+impl SsmLayerConfig {
+    /// One bank of `kind` over `width` channels in and out.
+    pub fn new(ssm: &SsmConfig, kind: SsmKind, width: usize, max_len: usize) -> Self {
+        Self { ssm: ssm.clone(), kind, width, out: width, banks: 1, max_len }
+    }
+
+    /// Channels the convolution runs over.
+    pub fn channels(&self) -> usize {
+        self.ssm.channels(self.width)
+    }
+}
+
 impl SsmConfig {
     /// Checks the values that serde cannot; `d_model` is the width the sublayer will see.
     pub fn validate(&self, d_model: usize) -> Result<(), SsmError> {

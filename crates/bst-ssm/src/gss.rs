@@ -7,7 +7,7 @@
 use bst_core::params::linear;
 use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
-use crate::{SsmConfig, SsmConv, SsmError, SsmKind};
+use crate::{SsmConv, SsmLayerConfig};
 
 /// `xs: [batch, seq, d_model] -> [batch, seq, d_model]`.
 #[derive(Debug)]
@@ -23,17 +23,17 @@ impl GssLayer {
     /// Width of the gated branch, as a multiple of d_model (GSS: 3).
     pub const EXPANSION: usize = 3;
 
-    pub fn new(vs: &nn::Path, d_model: usize, kind: SsmKind, cfg: &SsmConfig, max_len: usize) -> Result<Self, SsmError> {
-        cfg.validate(d_model)?;
-        let (d, e, r) = (d_model as i64, (Self::EXPANSION * d_model) as i64, cfg.channels(d_model) as i64);
+    /// A GSS layer `cfg.width` wide, its SSM one bank of `cfg.channels()` kernels of `cfg.kind`.
+    pub fn new(vs: &nn::Path, cfg: &SsmLayerConfig) -> Self {
+        let (d, e, r) = (cfg.width as i64, (Self::EXPANSION * cfg.width) as i64, cfg.channels() as i64);
         let lin = |name: &str, i: i64, o: i64| linear(&(vs / name), i, o);
-        Ok(Self {
+        Self {
             wide: lin("wide", d, e),
             narrow: lin("narrow", d, r),
-            conv: SsmConv::new(&(vs / "conv"), r as usize, 1, kind, cfg, max_len)?,
+            conv: SsmConv::new(&(vs / "conv"), &SsmLayerConfig { banks: 1, ..cfg.clone() }),
             lift: lin("lift", r, e),
             out: lin("out", e, d),
-        })
+        }
     }
 
 }
@@ -52,13 +52,14 @@ impl ModuleT for GssLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{SsmConfig, SsmKind};
     use tch::{Device, Kind};
 
     #[test]
     fn shapes_causality_and_gradients() {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
-        let gss = GssLayer::new(&vs.root(), 16, SsmKind::S4d, &SsmConfig::default(), 32).unwrap();
+        let gss = GssLayer::new(&vs.root(), &SsmLayerConfig::new(&SsmConfig::default(), SsmKind::S4d, 16, 32));
         let xs = Tensor::randn([2, 19, 16], (Kind::Float, Device::Cpu));
         let ys = gss.forward_t(&xs, true);
         assert_eq!(ys.size(), vec![2, 19, 16]);

@@ -20,7 +20,7 @@ use tch::{nn, Kind, Tensor};
 
 use bst_core::ParamGroup;
 
-use crate::{SsmConfig, SsmError};
+use crate::SsmConfig;
 
 /// Decay target of Hyena's `ExponentialModulation`: the envelope falls to this value at a
 /// fraction between [`FAST_DECAY`] and [`SLOW_DECAY`] of the training length (channel by channel).
@@ -47,11 +47,8 @@ pub struct ImplicitFilterKernel {
 
 impl ImplicitFilterKernel {
     /// `max_len` is the training length: the position `t` runs over `[0, 1)` on it.
-    pub fn new(vs: &nn::Path, channels: usize, max_len: usize, cfg: &SsmConfig) -> Result<Self, SsmError> {
-        cfg.validate_kernel()?;
-        if max_len == 0 {
-            return Err(bst_core::InvalidConfig::new("train.seq_len", max_len, "implicit filters need the training length (>= 1)").into());
-        }
+    pub fn new(vs: &nn::Path, channels: usize, max_len: usize, cfg: &SsmConfig) -> Self {
+        assert!(max_len >= 1, "implicit filters need the training length (>= 1)");
         let opts = (Kind::Float, vs.device());
         let bands = (cfg.filter_features as i64 - 1) / 2;
         // Hyena's PositionalEmbedding: frequencies linspace(1e-4, bands - 1) over the length
@@ -65,7 +62,7 @@ impl ImplicitFilterKernel {
         let bias = dense.zeros("bias", &[channels as i64]);
         let (slow, fast) = (DECAY_TARGET.ln().abs() / SLOW_DECAY, DECAY_TARGET.ln().abs() / FAST_DECAY);
         let rates = Tensor::linspace(slow, fast, channels as i64, opts);
-        Ok(Self { freqs, weight, bias, rates, max_len: max_len as i64 })
+        Self { freqs, weight, bias, rates, max_len: max_len as i64 }
     }
 
     /// Positional features at positions `t` (in training lengths, `[seq]`), `[seq, 1 + 2 F]`, in
@@ -103,7 +100,7 @@ mod tests {
     fn filters(channels: usize, max_len: usize) -> (nn::VarStore, ImplicitFilterKernel) {
         tch::manual_seed(11);
         let vs = nn::VarStore::new(Device::Cpu);
-        let k = ImplicitFilterKernel::new(&vs.root(), channels, max_len, &SsmConfig::default()).unwrap();
+        let k = ImplicitFilterKernel::new(&vs.root(), channels, max_len, &SsmConfig::default());
         (vs, k)
     }
 

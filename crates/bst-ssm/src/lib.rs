@@ -6,7 +6,7 @@
 //! features, and applied with an FFT in O(L log L). S4D and S4 also run as recurrences, one token at a time. Shapes are
 //! `[batch, channels, seq]` inside the kernels and `[batch, seq, d_model]` at the sublayer boundary.
 
-pub mod config; // SsmConfig and the kernel-family / init / discretisation choices
+pub mod config; // SsmConfig (the [ssm] table), SsmLayerConfig (what a layer is built from), kernel-family / init / discretisation choices
 pub mod error; // SsmError: invalid configurations, unsupported modes
 pub mod fft_conv; // causal FFT convolution (zero-padded to 2L) and its O(L^2) direct reference
 pub mod gss; // Gated State Space layer (GSS-HYBRID baseline)
@@ -20,7 +20,7 @@ pub mod ssm_conv; // a bank of SSM convolutions with D skip, eval cache, conv an
 pub mod sublayer; // the BST SSM sublayer: project down, SSM, GELU, project up
 pub mod vandermonde; // chunked Vandermonde products for diagonal kernels
 
-pub use config::{Discretization, S4dInit, SsmConfig, SsmKind, UnstructuredFilter};
+pub use config::{Discretization, S4dInit, SsmConfig, SsmKind, SsmLayerConfig, UnstructuredFilter};
 pub use error::SsmError;
 pub use fft_conv::{causal_fft_conv, direct_causal_conv};
 pub use gss::GssLayer;

@@ -15,7 +15,7 @@ use tch::{nn, Kind, Tensor};
 
 use bst_core::ParamGroup;
 
-use crate::{SsmConfig, SsmError};
+use crate::SsmConfig;
 
 /// `channels` explicit filters of `max_len` taps.
 #[derive(Debug)]
@@ -26,18 +26,16 @@ pub struct LongConvKernel {
 }
 
 impl LongConvKernel {
-    pub fn new(vs: &nn::Path, channels: usize, max_len: usize, cfg: &SsmConfig) -> Result<Self, SsmError> {
-        cfg.validate_kernel()?;
-        if max_len == 0 {
-            return Err(bst_core::InvalidConfig::new("train.seq_len", max_len, "unstructured filters need the training length (>= 1)").into());
-        }
+    /// `max_len` taps per channel (the training length, >= 1).
+    pub fn new(vs: &nn::Path, channels: usize, max_len: usize, cfg: &SsmConfig) -> Self {
+        assert!(max_len >= 1, "unstructured filters need the training length (>= 1 taps)");
         let (h, l) = (channels as i64, max_len as i64);
         let opts = (Kind::Float, vs.device());
         let t = Tensor::arange(l, opts) / l as f64; // [l]: position in the filter, 0..1
         let rate = Tensor::full([h], (h as f64 / 2.0).max(1.0), opts).pow(&(Tensor::arange(h, opts) / h as f64)); // [h]
         let decay = (rate.unsqueeze(1) * t.unsqueeze(0)).neg().exp(); // [h, l]
         let taps = ParamGroup::NoDecay.path(vs).var_copy("taps", &(Tensor::randn([h, l], opts) * 0.02 * decay));
-        Ok(Self { taps, squash: cfg.squash, smooth_window: cfg.smooth_window as i64 })
+        Self { taps, squash: cfg.squash, smooth_window: cfg.smooth_window as i64 }
     }
 
     /// The parameters the kernel is generated from.
@@ -83,7 +81,7 @@ mod tests {
         tch::manual_seed(4);
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = SsmConfig { squash, smooth_window, proj_factor: 1, ..SsmConfig::default() };
-        let k = LongConvKernel::new(&vs.root(), 4, 32, &cfg).unwrap();
+        let k = LongConvKernel::new(&vs.root(), 4, 32, &cfg);
         (vs, k)
     }
 

@@ -17,7 +17,7 @@ use tch::{nn, Kind, Tensor};
 
 use bst_core::ParamGroup;
 
-use crate::{hippo, Recurrence, SsmConfig, SsmError};
+use crate::{hippo, Recurrence, SsmConfig};
 
 /// `channels` independent S4 kernels of state size N.
 #[derive(Debug)]
@@ -35,8 +35,7 @@ fn as_real_view(t: &Tensor) -> Tensor {
 }
 
 impl S4Kernel {
-    pub fn new(vs: &nn::Path, channels: usize, cfg: &SsmConfig) -> Result<Self, SsmError> {
-        cfg.validate_kernel()?;
+    pub fn new(vs: &nn::Path, channels: usize, cfg: &SsmConfig) -> Self {
         let (h, n) = (channels as i64, cfg.state_size as i64);
         let device = vs.device();
         let (lambda, p, b, _v) = hippo::legs_nplr(n, device);
@@ -49,7 +48,7 @@ impl S4Kernel {
         let p = ssm.var_copy("p", &as_real_view(&per_channel(&p)));
         let b = ssm.var_copy("b", &as_real_view(&per_channel(&b)));
         let c = ParamGroup::NoDecay.path(vs).var("c", &[h, n, 2], nn::Init::Randn { mean: 0.0, stdev: 0.5f64.sqrt() });
-        Ok(Self { log_dt, log_lambda_real, lambda_imag, p, b, c })
+        Self { log_dt, log_lambda_real, lambda_imag, p, b, c }
     }
 
     fn lambda(&self) -> Tensor {
@@ -120,7 +119,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         for (i, n) in [4usize, 8, 16].into_iter().enumerate() {
             let cfg = SsmConfig { state_size: n, proj_factor: 1, ..SsmConfig::default() };
-            let s4 = S4Kernel::new(&(vs.root() / i), 3, &cfg).unwrap();
+            let s4 = S4Kernel::new(&(vs.root() / i), 3, &cfg);
             for seq in [1i64, 7, 32] {
                 let k = s4.kernel(seq);
                 assert_eq!(k.size(), vec![3, seq]);
@@ -144,7 +143,7 @@ mod tests {
     fn gradients_reach_every_s4_parameter() {
         tch::manual_seed(12);
         let vs = nn::VarStore::new(Device::Cpu);
-        let s4 = S4Kernel::new(&vs.root(), 2, &SsmConfig { state_size: 8, proj_factor: 1, ..SsmConfig::default() }).unwrap();
+        let s4 = S4Kernel::new(&vs.root(), 2, &SsmConfig { state_size: 8, proj_factor: 1, ..SsmConfig::default() });
         s4.kernel(20).square().sum(Kind::Float).backward();
         for (name, var) in vs.variables() {
             let g = var.grad();

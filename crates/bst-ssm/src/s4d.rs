@@ -10,7 +10,7 @@ use bst_core::ParamGroup;
 use tch::{nn, Kind, Tensor};
 
 use crate::vandermonde::diagonal_kernel;
-use crate::{Discretization, Recurrence, S4dInit, SsmConfig, SsmError};
+use crate::{Discretization, Recurrence, S4dInit, SsmConfig};
 
 /// `channels` independent diagonal SSM kernels.
 #[derive(Debug)]
@@ -37,8 +37,7 @@ fn a_imag_init(init: S4dInit, n2: i64, device: tch::Device) -> Tensor {
 impl S4dKernel {
     /// Builds `channels` kernels. A and dt are [`ParamGroup::Ssm`] (own learning rate, no
     /// decay); C is [`ParamGroup::NoDecay`].
-    pub fn new(vs: &nn::Path, channels: usize, cfg: &SsmConfig) -> Result<Self, SsmError> {
-        cfg.validate_kernel()?;
+    pub fn new(vs: &nn::Path, channels: usize, cfg: &SsmConfig) -> Self {
         let (h, n2) = (channels as i64, (cfg.state_size / 2) as i64);
         let opts = (Kind::Float, vs.device());
         let ssm = ParamGroup::Ssm.path(vs);
@@ -48,7 +47,7 @@ impl S4dKernel {
         let a_imag = ssm.var_copy("a_imag", &a_imag_init(cfg.init, n2, vs.device()).unsqueeze(0).repeat([h, 1]));
         // complex standard normal: each of Re/Im has variance 1/2
         let c = ParamGroup::NoDecay.path(vs).var("c", &[h, n2, 2], nn::Init::Randn { mean: 0.0, stdev: 0.5f64.sqrt() });
-        Ok(Self { log_dt, c, log_a_real, a_imag, discretization: cfg.discretization })
+        Self { log_dt, c, log_a_real, a_imag, discretization: cfg.discretization }
     }
 
     /// Discretised system: `(log Ā, C B̄)`, complex `[channels, N/2]`. `Ā` is returned as its
@@ -100,7 +99,7 @@ mod tests {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = SsmConfig { state_size: 8, init, discretization, proj_factor: 1, ..SsmConfig::default() };
-        let k = S4dKernel::new(&vs.root(), 3, &cfg).unwrap();
+        let k = S4dKernel::new(&vs.root(), 3, &cfg);
         (vs, k)
     }
 
@@ -201,7 +200,7 @@ mod tests {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = SsmConfig { state_size: 8, dt_min: 1e-3, dt_max: 1e-2, proj_factor: 1, ..SsmConfig::default() };
-        let zoh = S4dKernel::new(&vs.root(), 3, &cfg).unwrap();
+        let zoh = S4dKernel::new(&vs.root(), 3, &cfg);
         let bilinear = S4dKernel {
             log_dt: zoh.log_dt.shallow_clone(),
             c: zoh.c.shallow_clone(),

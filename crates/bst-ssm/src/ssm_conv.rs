@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use bst_core::ParamGroup;
 use tch::{nn, Tensor};
 
-use crate::{causal_fft_conv, ImplicitFilterKernel, LongConvKernel, Recurrence, S4Kernel, S4dKernel, SsmConfig, SsmError, SsmKind, SsmState, UnstructuredFilter};
+use crate::{causal_fft_conv, ImplicitFilterKernel, LongConvKernel, Recurrence, S4Kernel, S4dKernel, SsmError, SsmKind, SsmLayerConfig, SsmState, UnstructuredFilter};
 
 /// The kernel generator of one family.
 #[derive(Debug)]
@@ -59,21 +59,22 @@ pub struct SsmConv {
 }
 
 impl SsmConv {
-    /// `max_len` is the training length (unstructured filters have that many taps; the other
-    /// families ignore it).
-    pub fn new(vs: &nn::Path, channels: usize, banks: usize, kind: SsmKind, cfg: &SsmConfig, max_len: usize) -> Result<Self, SsmError> {
+    /// `cfg.banks` banks of `cfg.channels()` kernels of family `cfg.kind` (unstructured filters
+    /// have `cfg.max_len` taps; the other families ignore it).
+    pub fn new(vs: &nn::Path, cfg: &SsmLayerConfig) -> Self {
+        let (channels, banks, ssm) = (cfg.channels(), cfg.banks, &cfg.ssm);
         assert!(banks >= 1, "an SSM convolution needs at least one filter bank");
         let all = channels * banks;
-        let kernel = match kind {
-            SsmKind::S4d => Kernel::S4d(S4dKernel::new(&(vs / "s4d"), all, cfg)?),
-            SsmKind::S4 => Kernel::S4(S4Kernel::new(&(vs / "s4"), all, cfg)?),
-            SsmKind::Unstructured => match cfg.unstructured_filter {
-                UnstructuredFilter::Explicit => Kernel::Unstructured(LongConvKernel::new(&(vs / "long_conv"), all, max_len, cfg)?),
-                UnstructuredFilter::Implicit => Kernel::Implicit(ImplicitFilterKernel::new(&(vs / "implicit_filter"), all, max_len, cfg)?),
+        let kernel = match cfg.kind {
+            SsmKind::S4d => Kernel::S4d(S4dKernel::new(&(vs / "s4d"), all, ssm)),
+            SsmKind::S4 => Kernel::S4(S4Kernel::new(&(vs / "s4"), all, ssm)),
+            SsmKind::Unstructured => match ssm.unstructured_filter {
+                UnstructuredFilter::Explicit => Kernel::Unstructured(LongConvKernel::new(&(vs / "long_conv"), all, cfg.max_len, ssm)),
+                UnstructuredFilter::Implicit => Kernel::Implicit(ImplicitFilterKernel::new(&(vs / "implicit_filter"), all, cfg.max_len, ssm)),
             },
         };
         let d = ParamGroup::NoDecay.path(vs).var("d", &[all as i64], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
-        Ok(Self { kernel, kind, d, channels: channels as i64, banks: banks as i64, cache: Mutex::new(None) })
+        Self { kernel, kind: cfg.kind, d, channels: channels as i64, banks: banks as i64, cache: Mutex::new(None) }
     }
 
     /// Whether autograd would record an operation on the parameters now (tch exposes no query of
@@ -145,7 +146,7 @@ impl SsmConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::direct_causal_conv;
+    use crate::{direct_causal_conv, SsmConfig};
     use tch::{nn::ModuleT, Device, Kind};
 
     /// Every kernel family, unstructured with both filter parameterisations.
@@ -159,8 +160,8 @@ mod tests {
     fn layer((kind, filter): (SsmKind, UnstructuredFilter), banks: usize) -> (nn::VarStore, SsmConv) {
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = SsmConfig { state_size: 8, proj_factor: 1, unstructured_filter: filter, ..SsmConfig::default() };
-        let conv = SsmConv::new(&vs.root(), 3, banks, kind, &cfg, 40).unwrap();
+        let ssm = SsmConfig { state_size: 8, proj_factor: 1, unstructured_filter: filter, ..SsmConfig::default() };
+        let conv = SsmConv::new(&vs.root(), &SsmLayerConfig { banks, ..SsmLayerConfig::new(&ssm, kind, 3, 40) });
         (vs, conv)
     }
 

@@ -4,7 +4,7 @@
 use bst_core::params::linear;
 use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
-use crate::{Recurrence, SsmConfig, SsmConv, SsmError, SsmKind, SsmState};
+use crate::{Recurrence, SsmConv, SsmLayerConfig, SsmState};
 
 /// `xs: [batch, seq, d_in] -> [batch, seq, banks, d_out]`:
 /// Linear(d_in -> d_in/f), SSM (per bank), GELU, Linear(-> d_out).
@@ -16,15 +16,14 @@ pub struct SsmSublayer {
 }
 
 impl SsmSublayer {
-    /// `banks` independent filter banks share the projections; `max_len` is the training length.
-    pub fn new(vs: &nn::Path, d_in: usize, d_out: usize, banks: usize, kind: SsmKind, cfg: &SsmConfig, max_len: usize) -> Result<Self, SsmError> {
-        cfg.validate(d_in)?;
-        let channels = cfg.channels(d_in);
-        Ok(Self {
-            down: linear(&(vs / "down"), d_in as i64, channels as i64),
-            conv: SsmConv::new(&(vs / "conv"), channels, banks, kind, cfg, max_len)?,
-            up: linear(&(vs / "up"), channels as i64, d_out as i64),
-        })
+    /// `cfg.width -> cfg.channels() -> cfg.out`; the `cfg.banks` filter banks share the projections.
+    pub fn new(vs: &nn::Path, cfg: &SsmLayerConfig) -> Self {
+        let channels = cfg.channels() as i64;
+        Self {
+            down: linear(&(vs / "down"), cfg.width as i64, channels),
+            conv: SsmConv::new(&(vs / "conv"), cfg),
+            up: linear(&(vs / "up"), channels, cfg.out as i64),
+        }
     }
 
     /// The convolution layer (for its kernels and recurrence).
@@ -68,13 +67,15 @@ impl ModuleT for SsmSublayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{SsmConfig, SsmKind};
     use tch::{Device, Kind};
 
     #[test]
     fn shapes_causality_and_streaming() {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = SsmSublayer::new(&vs.root(), 16, 24, 2, SsmKind::S4d, &SsmConfig::default(), 64).unwrap();
+        let cfg = SsmLayerConfig { out: 24, banks: 2, ..SsmLayerConfig::new(&SsmConfig::default(), SsmKind::S4d, 16, 64) };
+        let layer = SsmSublayer::new(&vs.root(), &cfg);
         let xs = Tensor::randn([1, 21, 16], (Kind::Float, Device::Cpu));
         let ys = layer.forward_t(&xs, false);
         assert_eq!(ys.size(), vec![1, 21, 2, 24]);
@@ -93,13 +94,5 @@ mod tests {
         let streamed: Vec<Tensor> = (0..21).map(|t| layer.step(&rec, &xs.select(1, t), &mut state)).collect();
         let err = (Tensor::stack(&streamed, 1) - &ys).abs().max().double_value(&[]);
         assert!(err < 1e-4, "streaming differs from the parallel pass by {err}");
-    }
-
-    #[test]
-    fn rejects_projection_that_does_not_divide() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = SsmConfig { proj_factor: 3, ..SsmConfig::default() };
-        let err = SsmSublayer::new(&vs.root(), 16, 16, 1, SsmKind::S4d, &cfg, 64).unwrap_err().to_string();
-        assert!(err.contains("proj_factor"), "{err}");
     }
 }

@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 
 use bst_model::{LayerPlan, RunConfig};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use toml::{Table, Value};
 
 /// A sweep file that cannot be turned into runs. Always names the file.
@@ -246,8 +245,7 @@ fn resolve(table: Table) -> Result<(RunConfig, LayerPlan), String> {
 /// First 12 hex digits of the SHA-256 of the resolved configuration (as JSON).
 pub fn run_id(config: &RunConfig) -> String {
     let json = serde_json::to_string(config).expect("RunConfig serialises");
-    let digest = Sha256::digest(json.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    bst_core::sha256_hex(json.as_bytes())[..12].to_owned()
 }
 
 fn take_table(doc: &mut Table, key: &str) -> Result<Table, String> {
