@@ -66,7 +66,7 @@ fn micro_grid_to_csv_plots_and_report_then_resume() {
     let first = run_sweep(&opts).unwrap();
     assert_eq!((first.trained, first.reused), (2, 0));
     let dir = tmp.path().join("results/micro");
-    for f in ["runs.csv", "test_bpb.png", "test_bpb.svg", "loss_curves.png", "loss_curves.svg", "report.md", "sweep.toml"] {
+    for f in ["runs.csv", "study_micro_bpb.png", "study_micro_bpb.svg", "loss_micro.png", "loss_micro.svg", "report.md", "sweep.toml", "launch.json"] {
         assert!(dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing or empty");
     }
     let (header, rows) = csv_rows(&dir.join("runs.csv"));
@@ -111,7 +111,8 @@ fn interrupted_sweep_keeps_finished_runs_and_resumes() {
     opts.stop.store(false, Ordering::SeqCst);
     let resumed = run_sweep(&opts).unwrap();
     assert_eq!((resumed.trained, resumed.reused), (2, 2));
-    let continued: Vec<_> = resumed.records.iter().filter_map(|r| r.resumed_from_step).collect();
+    let outcomes = bst::sweep::publish::outcomes(&resumed.sweep, &resumed.results_dir);
+    let continued: Vec<_> = outcomes.values().filter_map(|o| o.record()).filter_map(|r| r.resumed_from_step).collect();
     assert_eq!(continued, vec![1], "the interrupted run continues from its checkpoint after step 1");
     assert_eq!(csv_rows(&csv).1.len(), 4);
 }
@@ -163,10 +164,10 @@ model.arch = "SLIDE"
     let first = run_sweep(&opts).unwrap();
     assert_eq!((first.trained, first.reused), (2, 0));
     let dir = tmp.path().join("results/lra-micro");
-    for f in ["runs.csv", "test_accuracy.png", "report.md"] {
+    for f in ["runs.csv", "study_lra-micro_accuracy.png", "report.md"] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
-    assert!(!dir.join("test_bpb.png").exists(), "no bits-per-byte plot for a classification sweep");
+    assert!(!dir.join("study_lra-micro_bpb.png").exists(), "no bits-per-byte plot for a classification sweep");
     let (header, rows) = csv_rows(&dir.join("runs.csv"));
     let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"));
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
@@ -175,7 +176,7 @@ model.arch = "SLIDE"
         assert_eq!(&row[col("test_answers")], "16", "every test example is scored");
         let correct = acc * 16.0;
         assert!((correct - correct.round()).abs() < 1e-9, "{acc}: accuracy must count correct answers among the 16 test examples");
-        assert!(report.contains(&format!("| {:.3} |", acc)), "the report shows the accuracy of runs.csv ({acc:.3})");
+        assert!(report.contains(&format!("| {:.3} ± 0.000 (n=1) |", acc)), "the report shows the accuracy of runs.csv ({acc:.3}) over its one seed");
         assert_eq!(&row[col("test_bpb")], "", "bits per byte do not apply");
     }
     assert!(report.contains("test accuracy") && report.contains("majority-class accuracy"), "{report}");

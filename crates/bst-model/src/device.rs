@@ -30,6 +30,17 @@ impl DeviceChoice {
     }
 }
 
+impl std::fmt::Display for DeviceChoice {
+    /// The form [`FromStr`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
 impl FromStr for DeviceChoice {
     type Err = String;
 

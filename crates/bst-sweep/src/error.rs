@@ -31,6 +31,15 @@ pub enum SweepError {
     /// Ctrl-C (or a stop request) ended the sweep during a run; its checkpoint is saved.
     #[error("interrupted during {run} (checkpoint saved): {finished} finished runs are in {csv}; rerun the same command to resume")]
     Interrupted { run: String, finished: usize, csv: PathBuf },
+    /// Another launch is running on the same results folder.
+    #[error("{dir} is in use by {holder}: wait for it to finish, or stop it (its finished runs are kept)")]
+    Locked { dir: PathBuf, holder: String },
+    /// No run of the sweep matches `--only` / `--run`.
+    #[error("{what}: no run of the sweep matches (studies: {studies})")]
+    NoSuchRun { what: String, studies: String },
+    /// A child process running one run (`--jobs`) ended abnormally.
+    #[error("run {run}: its process {status}")]
+    Child { run: String, status: String },
     /// A run failed; the runs finished before it are kept.
     #[error("run {run} failed (finished runs are kept in {csv}): {source}")]
     RunFailed { run: String, csv: PathBuf, source: Box<SweepError> },

@@ -1,32 +1,44 @@
-//! Sweep files: a TOML grid expanded into fully validated run configurations.
+//! Sweep files: named studies over a shared base, expanded into fully validated runs.
 //!
 //! ```toml
-//! [sweep]                  # name (results/<name>/), seeds, default profile, plot axis
+//! [sweep]                  # name (results/<name>/), seeds, default profile
 //! name = "ablation"
-//! seeds = [0]
+//! seeds = [0, 1, 2]
 //! [base]                   # a partial RunConfig: every run starts from it
 //! model.n_layers = 4
-//! [grid]                   # each key lists candidates; runs take the cartesian product
-//! attn.window = [32, 64]
-//! [[variant]]              # named, hand-listed points, crossed with the grid
+//! [[study]]                # one ablation: its own grid and variants over the base
+//! name = "placement"
+//! plot_x = "model.ssm_layers"
+//! baselines = ["SLIDE"]    # compared against, drawn as reference bands where they do not vary
+//! [study.grid]             # cartesian product of candidate lists
+//! model.ssm_layers = [[0], [1], [2], [3]]
+//! [study.zip]              # lists of one length, read together as one axis (crossed with the grid)
+//! [[study.exclude]]        # points left out: every key given must match (`variant` too)
+//! [[study.variant]]        # named points, crossed with the grid
 //! name = "BST:SH:S4D"
 //! model.arch = "BST:SH:S4D"
-//! [profiles.gpu.base]      # --profile gpu: applied over [base] (and [profiles.gpu.grid] over [grid])
-//! model.d_model = 1024
-//! [profiles.gpu.variant."BST:SH:S4D"]   # and over that variant's keys
-//! model.ssm_layers = [1, 7, 9]
+//! [[study.variant]]
+//! name = "SLIDE"
+//! model.arch = "SLIDE"
+//! not_crossed_with = ["model.ssm_layers"]   # a baseline that does not vary along that axis
+//! [speed]                  # the layer-speed study (see crate::speed)
+//! [profiles.gpu.base]      # --profile gpu: applied over [base]; also .sweep (seeds), .speed,
+//! model.d_model = 1024     #   .study.<name>.{grid, zip, exclude, variant.<name>}
 //! ```
-//! Runs = variants x product(grid) x seeds. Every run's configuration is deserialised (unknown keys
-//! and bad values are errors that name the key and the allowed values) and validated before any
-//! run starts.
+//! A file without `[[study]]` may give one study as top-level `[grid]` and `[[variant]]` (and
+//! `[sweep].plot_x`). Runs = for each study, variants x grid x zip x seeds, minus exclusions; a
+//! configuration that several studies share (same resolved configuration, same run id) is one run,
+//! trained once. Every run of every profile is deserialised (unknown keys and bad values are errors
+//! that name the key and the allowed values) and validated when the file is loaded.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use bst_model::{LayerPlan, RunConfig};
 use serde::Deserialize;
 use toml::{Table, Value};
+
+use crate::speed::SpeedConfig;
 
 /// A sweep file that cannot be turned into runs. Always names the file.
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +60,11 @@ pub struct SweepMeta {
     /// Every run is repeated for each seed (`seed` in the run configuration).
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
-    /// Profile used when none is given on the command line.
+    /// Profile used when none is given on the command line: `cpu` (the base, without overrides,
+    /// unless a `[profiles.cpu]` exists) or one of the `[profiles.*]`.
     #[serde(default = "default_profile")]
     pub default_profile: String,
-    /// Grid key on the x axis of the summary plot (default: the first numeric grid key).
+    /// The plotted key of a file without `[[study]]`.
     #[serde(default)]
     pub plot_x: Option<String>,
 }
@@ -60,33 +73,78 @@ fn default_seeds() -> Vec<u64> {
     vec![0]
 }
 
+/// The profile that exists in every file: the base itself.
+pub const BASE_PROFILE: &str = "cpu";
+
 fn default_profile() -> String {
-    "cpu".into()
+    BASE_PROFILE.into()
 }
 
-/// One run of a sweep: where it sits in the grid and its complete configuration.
+/// One study: a named ablation with its own grid and variants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Study {
+    pub name: String,
+    pub description: String,
+    /// What the paper reports for this ablation (quoted, with its confirmation tag), for the report.
+    pub paper: String,
+    /// The key on the x axis of the study's plot.
+    pub x: Option<String>,
+    /// Variants the others are compared against (in words and as reference bands).
+    pub baselines: Vec<String>,
+    /// The study's varying keys (grid and zip), in file order.
+    pub keys: Vec<String>,
+    /// Its variant names, in file order.
+    pub variants: Vec<String>,
+}
+
+/// Where a run sits in one study.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    pub study: String,
+    pub variant: String,
+    /// The grid/zip point: dotted key -> value, in file order of the keys.
+    pub point: Vec<(String, Value)>,
+}
+
+/// One run of a sweep: its complete configuration and every study it belongs to.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     /// Position in the expansion order.
     pub index: usize,
     /// Hash of the resolved configuration: a rerun with the same configuration finds it.
     pub run_id: String,
-    /// Variant name ("" when the file has no `[[variant]]`).
-    pub variant: String,
-    /// The grid point: dotted key -> value, in file order of the keys.
-    pub point: Vec<(String, Value)>,
     pub config: RunConfig,
     /// Which mixer each layer has, from the validated configuration.
     pub plan: LayerPlan,
+    /// The studies that contain this configuration (at least one).
+    pub memberships: Vec<Membership>,
+}
+
+impl RunSpec {
+    /// The first study's variant name.
+    pub fn variant(&self) -> &str {
+        &self.memberships[0].variant
+    }
+
+    /// The first study's point.
+    pub fn point(&self) -> &[(String, Value)] {
+        &self.memberships[0].point
+    }
+
+    /// The names of the studies this run belongs to.
+    pub fn studies(&self) -> Vec<&str> {
+        self.memberships.iter().map(|m| m.study.as_str()).collect()
+    }
 }
 
 impl fmt::Display for RunSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{} :", self.index)?;
-        if !self.variant.is_empty() {
-            write!(f, " variant={}", self.variant)?;
+        let m = &self.memberships[0];
+        write!(f, "#{} {}:", self.index, m.study)?;
+        if !m.variant.is_empty() {
+            write!(f, " variant={}", m.variant)?;
         }
-        for (k, v) in &self.point {
+        for (k, v) in &m.point {
             write!(f, " {k}={}", display_value(v))?;
         }
         write!(f, " seed={}", self.config.seed)
@@ -107,14 +165,18 @@ pub struct Sweep {
     pub file: PathBuf,
     pub meta: SweepMeta,
     pub profile: String,
-    /// The grid keys, in file order (columns of runs.csv).
-    pub grid_keys: Vec<String>,
+    pub studies: Vec<Study>,
+    /// Every varying key of every study, in file order (columns of runs.csv).
+    pub keys: Vec<String>,
     pub runs: Vec<RunSpec>,
+    /// The layer-speed study, if the file has a `[speed]` table.
+    pub speed: Option<SpeedConfig>,
 }
 
-/// `key=value` (sets a base value) or `key=v1,v2` (makes `key` a grid axis), as on a Hydra
-/// command line; values are TOML (`attn.window=32,64`, `model.arch="SLIDE"`, bare words are strings).
-#[derive(Debug, Clone)]
+/// `key=value` (sets a base value) or `key=v1,v2` (makes `key` an axis of every study), as on a
+/// Hydra command line; values are TOML (`attn.window=32,64`, `model.arch="SLIDE"`, bare words are
+/// strings).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Override {
     pub key: String,
     pub values: Vec<Value>,
@@ -134,92 +196,76 @@ impl std::str::FromStr for Override {
     }
 }
 
+impl fmt::Display for Override {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let values: Vec<String> = self.values.iter().map(Value::to_string).collect();
+        write!(f, "{}={}", self.key, values.join(","))
+    }
+}
+
+/// A study as written, before expansion.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStudy {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    paper: String,
+    #[serde(default)]
+    plot_x: Option<String>,
+    #[serde(default)]
+    baselines: Vec<String>,
+    #[serde(default)]
+    grid: Table,
+    #[serde(default)]
+    zip: Table,
+    #[serde(default)]
+    exclude: Vec<Table>,
+    #[serde(default)]
+    variant: Vec<Table>,
+}
+
+/// A variant as written: its name, the axes it is not crossed with, and its keys.
+#[derive(Debug, Clone)]
+struct RawVariant {
+    name: String,
+    not_crossed_with: Vec<String>,
+    keys: Vec<(String, Value)>,
+}
+
+/// The whole file as written (profiles not yet applied).
+#[derive(Debug, Clone)]
+struct RawSweep {
+    meta: SweepMeta,
+    base: Table,
+    studies: Vec<RawStudy>,
+    speed: Option<Table>,
+    profiles: Table,
+}
+
 impl Sweep {
-    /// Reads, expands and validates a sweep file. `profile` overrides `[sweep].default_profile`.
+    /// Reads, expands and validates a sweep file: `profile` (default `[sweep].default_profile`)
+    /// is the one expanded, and every other profile of the file is expanded and validated too, so
+    /// that a typo in a GPU profile fails here rather than on the GPU machine.
     pub fn load(path: &Path, profile: Option<&str>, overrides: &[Override]) -> Result<Self, GridError> {
         let err = |message: String| GridError { file: path.to_owned(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let mut doc: Table = toml::from_str(&text).map_err(|e| err(format!("not valid TOML: {e}")))?;
-        const TOP: [&str; 5] = ["sweep", "base", "grid", "variant", "profiles"];
-        if let Some(bad) = doc.keys().find(|k| !TOP.contains(&k.as_str())) {
-            return Err(err(format!("unknown top-level key `{bad}`, expected one of: {}", TOP.join(", "))));
+        let raw = RawSweep::parse(&text).map_err(err)?;
+        let selected = profile.unwrap_or(&raw.meta.default_profile).to_string();
+        let known = raw.profile_names();
+        if !known.contains(&selected) {
+            return Err(err(format!("unknown profile `{selected}`, this file has: {}", known.join(", "))));
         }
-        let meta: SweepMeta = doc
-            .remove("sweep")
-            .ok_or_else(|| err("missing the [sweep] table (it needs at least `name`)".into()))?
-            .try_into()
-            .map_err(|e| err(format!("[sweep]: {e}")))?;
-        if meta.seeds.is_empty() {
-            return Err(err("sweep.seeds: must list at least one seed".into()));
+        if !known.contains(&raw.meta.default_profile) {
+            return Err(err(format!("sweep.default_profile = {:?} names no profile (this file has: {})", raw.meta.default_profile, known.join(", "))));
         }
-        let profile = profile.unwrap_or(&meta.default_profile).to_string();
-        let mut base = take_table(&mut doc, "base").map_err(err)?;
-        let mut grid = flatten(&take_table(&mut doc, "grid").map_err(err)?, "grid");
-        let mut variants = variants(&mut doc).map_err(err)?;
-        let mut profiles = take_table(&mut doc, "profiles").map_err(err)?;
-        match profiles.remove(&profile) {
-            Some(Value::Table(mut p)) => {
-                if let Some(bad) = p.keys().find(|k| !["base", "grid", "variant"].contains(&k.as_str())) {
-                    return Err(err(format!("profiles.{profile}: unknown key `{bad}`, expected one of: base, grid, variant")));
-                }
-                for (key, value) in flatten(&take_table(&mut p, "base").map_err(err)?, "") {
-                    set_path(&mut base, &key, value);
-                }
-                for (key, value) in flatten(&take_table(&mut p, "grid").map_err(err)?, "grid") {
-                    upsert(&mut grid, key, value);
-                }
-                for (name, keys) in take_table(&mut p, "variant").map_err(err)? {
-                    let Some((_, variant_keys)) = variants.iter_mut().find(|(n, _)| *n == name) else {
-                        let names: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
-                        return Err(err(format!("profiles.{profile}.variant: no variant named `{name}` (variants: {})", names.join(", "))));
-                    };
-                    let Value::Table(keys) = keys else {
-                        return Err(err(format!("profiles.{profile}.variant.\"{name}\" must be a table")));
-                    };
-                    for (key, value) in flatten(&keys, "") {
-                        upsert(variant_keys, key, value);
-                    }
-                }
-            }
-            Some(_) => return Err(err(format!("profiles.{profile} must be a table"))),
-            None if profile == meta.default_profile => {}
-            None => {
-                let known: Vec<_> = std::iter::once(meta.default_profile.clone()).chain(profiles.keys().cloned()).collect();
-                return Err(err(format!("unknown profile `{profile}`, this file has: {}", known.join(", "))));
-            }
+        for other in known.iter().filter(|p| **p != selected) {
+            expand(&raw, other, &[]).map_err(|m| err(format!("profile `{other}`: {m}")))?;
         }
-        for o in overrides {
-            match o.values.as_slice() {
-                [one] => set_path(&mut base, &o.key, one.clone()),
-                many => upsert(&mut grid, format!("grid.{}", o.key), Value::Array(many.to_vec())),
-            }
-        }
-        let axes = grid
-            .into_iter()
-            .map(|(key, value)| match value {
-                Value::Array(values) if !values.is_empty() => Ok((key.trim_start_matches("grid.").to_string(), values)),
-                _ => Err(err(format!("{key}: a grid key must be a non-empty list of candidates, e.g. {key} = [32, 64]"))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let mut runs = Vec::new();
-        for (variant, variant_keys) in &variants {
-            for point in cartesian(&axes) {
-                for &seed in &meta.seeds {
-                    let mut table = base.clone();
-                    for (k, v) in variant_keys.iter().chain(point.iter()) {
-                        set_path(&mut table, k, v.clone());
-                    }
-                    table.insert("seed".into(), Value::Integer(seed as i64));
-                    let mut spec = RunSpec { index: runs.len(), run_id: String::new(), variant: variant.clone(), point: point.clone(), config: RunConfig { seed, ..RunConfig::default() }, plan: LayerPlan(Vec::new()) };
-                    (spec.config, spec.plan) = resolve(table).map_err(|m| err(format!("run {spec}: {m}")))?;
-                    spec.run_id = run_id(&spec.config);
-                    runs.push(spec);
-                }
-            }
-        }
-        let grid_keys = axes.into_iter().map(|(k, _)| k).collect();
-        Ok(Sweep { file: path.to_owned(), meta, profile, grid_keys, runs })
+        let (meta, studies, runs, speed) = expand(&raw, &selected, overrides).map_err(err)?;
+        let keys = union_keys(&studies);
+        Ok(Sweep { file: path.to_owned(), meta, profile: selected, studies, keys, runs, speed })
     }
 
     /// `results/<name>` for the default profile, `results/<name>-<profile>` otherwise.
@@ -230,6 +276,279 @@ impl Sweep {
             results_root.join(format!("{}-{}", self.meta.name, self.profile))
         }
     }
+
+    /// The study named `name`.
+    pub fn study(&self, name: &str) -> Option<&Study> {
+        self.studies.iter().find(|s| s.name == name)
+    }
+}
+
+impl RawSweep {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut doc: Table = toml::from_str(text).map_err(|e| format!("not valid TOML: {e}"))?;
+        const TOP: [&str; 8] = ["sweep", "base", "grid", "zip", "variant", "study", "speed", "profiles"];
+        if let Some(bad) = doc.keys().find(|k| !TOP.contains(&k.as_str())) {
+            return Err(format!("unknown top-level key `{bad}`, expected one of: {}", TOP.join(", ")));
+        }
+        let meta: SweepMeta = doc.remove("sweep").ok_or("missing the [sweep] table (it needs at least `name`)")?.try_into().map_err(|e| format!("[sweep]: {e}"))?;
+        if meta.seeds.is_empty() {
+            return Err("sweep.seeds: must list at least one seed".into());
+        }
+        let base = take_table(&mut doc, "base")?;
+        let speed = doc.remove("speed").map(|v| v.try_into::<Table>().map_err(|_| "`speed` must be a table ([speed])".to_string())).transpose()?;
+        let profiles = take_table(&mut doc, "profiles")?;
+        let studies = match doc.remove("study") {
+            Some(list) => {
+                if ["grid", "zip", "variant"].iter().any(|k| doc.contains_key(*k)) {
+                    return Err("top-level [grid], [zip] and [[variant]] describe a single study; with [[study]] tables, put them inside a study".into());
+                }
+                let list: Vec<RawStudy> = list.try_into().map_err(|e| format!("[[study]]: {e}"))?;
+                list
+            }
+            None => vec![RawStudy {
+                name: meta.name.clone(),
+                description: String::new(),
+                paper: String::new(),
+                plot_x: meta.plot_x.clone(),
+                baselines: Vec::new(),
+                grid: take_table(&mut doc, "grid")?,
+                zip: take_table(&mut doc, "zip")?,
+                exclude: Vec::new(),
+                variant: match doc.remove("variant") {
+                    Some(v) => v.try_into().map_err(|_| "`variant` must be an array of tables ([[variant]])".to_string())?,
+                    None => Vec::new(),
+                },
+            }],
+        };
+        if studies.is_empty() {
+            return Err("[[study]]: the file lists no study".into());
+        }
+        for (i, s) in studies.iter().enumerate() {
+            if studies[..i].iter().any(|o| o.name == s.name) {
+                return Err(format!("two studies are named `{}`", s.name));
+            }
+        }
+        Ok(Self { meta, base, studies, speed, profiles })
+    }
+
+    /// `cpu` (the base) and every `[profiles.*]`.
+    fn profile_names(&self) -> Vec<String> {
+        std::iter::once(BASE_PROFILE.to_string()).chain(self.profiles.keys().filter(|k| *k != BASE_PROFILE).cloned()).collect()
+    }
+
+    /// The file with `profile`'s overrides applied.
+    fn with_profile(&self, profile: &str) -> Result<RawSweep, String> {
+        let mut out = self.clone();
+        let Some(p) = self.profiles.get(profile) else { return Ok(out) };
+        let Value::Table(p) = p.clone() else { return Err(format!("profiles.{profile} must be a table")) };
+        let single = self.studies.len() == 1 && self.studies[0].name == self.meta.name;
+        for (key, value) in p {
+            let at = format!("profiles.{profile}.{key}");
+            match (key.as_str(), value) {
+                ("base", Value::Table(t)) => flatten(&t, "").into_iter().for_each(|(k, v)| set_path(&mut out.base, &k, v)),
+                ("speed", Value::Table(t)) => {
+                    let speed = out.speed.get_or_insert_with(Table::new);
+                    flatten(&t, "").into_iter().for_each(|(k, v)| set_path(speed, &k, v));
+                }
+                ("sweep", Value::Table(t)) => out.meta = apply_meta(&out.meta, t).map_err(|e| format!("{at}: {e}"))?,
+                ("grid" | "zip" | "variant", Value::Table(t)) if single => apply_study(&mut out.studies[0], &key, t).map_err(|e| format!("{at}: {e}"))?,
+                ("study", Value::Table(t)) => {
+                    for (name, changes) in t {
+                        let names: Vec<&str> = self.studies.iter().map(|s| s.name.as_str()).collect();
+                        let study = out.studies.iter_mut().find(|s| s.name == name).ok_or_else(|| format!("{at}: no study named `{name}` (studies: {})", names.join(", ")))?;
+                        let Value::Table(changes) = changes else { return Err(format!("{at}.{name} must be a table")) };
+                        for (part, t) in changes {
+                            let Value::Table(t) = t else { return Err(format!("{at}.{name}.{part} must be a table")) };
+                            apply_study(study, &part, t).map_err(|e| format!("{at}.{name}: {e}"))?;
+                        }
+                    }
+                }
+                (other, _) => return Err(format!("{at}: unknown or misplaced key `{other}`, expected base, sweep, speed, study{}", if single { ", grid, zip, variant" } else { "" })),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A profile's `[sweep]` overrides: only the seeds may change (the name and profiles may not).
+fn apply_meta(meta: &SweepMeta, t: Table) -> Result<SweepMeta, String> {
+    let mut meta = meta.clone();
+    for (key, value) in t {
+        match key.as_str() {
+            "seeds" => meta.seeds = value.try_into().map_err(|e| format!("sweep.seeds: {e}"))?,
+            other => return Err(format!("sweep.{other} cannot be changed by a profile (only seeds)")),
+        }
+    }
+    if meta.seeds.is_empty() {
+        return Err("sweep.seeds: must list at least one seed".into());
+    }
+    Ok(meta)
+}
+
+/// A profile's changes to one study: `grid` and `zip` keys replace or add axes, `variant.<name>`
+/// keys are set on that variant.
+fn apply_study(study: &mut RawStudy, part: &str, t: Table) -> Result<(), String> {
+    match part {
+        "grid" => flatten(&t, "").into_iter().for_each(|(k, v)| set_path(&mut study.grid, &k, v)),
+        "zip" => flatten(&t, "").into_iter().for_each(|(k, v)| set_path(&mut study.zip, &k, v)),
+        "variant" => {
+            for (name, keys) in t {
+                let names: Vec<String> = study.variant.iter().filter_map(|v| v.get("name").and_then(Value::as_str).map(String::from)).collect();
+                let variant = study.variant.iter_mut().find(|v| v.get("name").and_then(Value::as_str) == Some(name.as_str())).ok_or_else(|| format!("variant: no variant named `{name}` (variants: {})", names.join(", ")))?;
+                let Value::Table(keys) = keys else { return Err(format!("variant.\"{name}\" must be a table")) };
+                flatten(&keys, "").into_iter().for_each(|(k, v)| set_path(variant, &k, v));
+            }
+        }
+        other => return Err(format!("unknown key `{other}`, expected grid, zip or variant")),
+    }
+    Ok(())
+}
+
+type Expanded = (SweepMeta, Vec<Study>, Vec<RunSpec>, Option<SpeedConfig>);
+
+/// Every run of `profile`, validated, shared configurations merged.
+fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expanded, String> {
+    let mut raw = raw.with_profile(profile)?;
+    for o in overrides {
+        match o.values.as_slice() {
+            [one] => set_path(&mut raw.base, &o.key, one.clone()),
+            many => raw.studies.iter_mut().for_each(|s| set_path(&mut s.grid, &o.key, Value::Array(many.to_vec()))),
+        }
+    }
+    let speed = raw.speed.clone().map(|t| SpeedConfig::from_table(t, &raw.base)).transpose()?;
+    let mut runs: Vec<RunSpec> = Vec::new();
+    let mut studies = Vec::new();
+    for s in &raw.studies {
+        let (study, members) = expand_study(s, &raw.base, &raw.meta.seeds)?;
+        for (config, plan, membership) in members {
+            let run_id = run_id(&config);
+            match runs.iter_mut().find(|r| r.run_id == run_id) {
+                Some(r) => r.memberships.push(membership),
+                None => runs.push(RunSpec { index: runs.len(), run_id, config, plan, memberships: vec![membership] }),
+            }
+        }
+        studies.push(study);
+    }
+    Ok((raw.meta, studies, runs, speed))
+}
+
+/// One study's runs as (configuration, plan, membership).
+fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64]) -> Result<(Study, Vec<(RunConfig, LayerPlan, Membership)>), String> {
+    let at = |m: String| format!("study `{}`: {m}", s.name);
+    let grid = axes(&s.grid, "grid").map_err(at)?;
+    let zip = zip_axis(&s.zip).map_err(at)?;
+    let variants = variants(&s.variant).map_err(at)?;
+    let keys: Vec<String> = grid.iter().map(|(k, _)| k.clone()).chain(zip.first().map(|p| p.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()).unwrap_or_default()).collect();
+    for name in &s.baselines {
+        if !variants.iter().any(|v| v.name == *name) {
+            return Err(at(format!("baselines: no variant named `{name}`")));
+        }
+    }
+    if let Some(x) = &s.plot_x {
+        if !keys.contains(&axis_key(x).to_string()) {
+            return Err(at(format!("plot_x = `{x}` is not one of its varying keys ({})", keys.join(", "))));
+        }
+    }
+    let mut members = Vec::new();
+    for v in &variants {
+        if let Some(bad) = v.not_crossed_with.iter().find(|k| !keys.contains(k)) {
+            return Err(at(format!("variant `{}`: not_crossed_with names `{bad}`, which is not a varying key ({})", v.name, keys.join(", "))));
+        }
+        let own_grid: Vec<(String, Vec<Value>)> = grid.iter().filter(|(k, _)| !v.not_crossed_with.contains(k)).cloned().collect();
+        let own_zip: Vec<Vec<(String, Value)>> = zip.iter().map(|p| p.iter().filter(|(k, _)| !v.not_crossed_with.contains(k)).cloned().collect()).collect();
+        let mut points: Vec<Vec<(String, Value)>> = Vec::new();
+        for g in cartesian(&own_grid) {
+            for z in own_zip.iter().cloned().chain(own_zip.is_empty().then(Vec::new)) {
+                let point = [g.clone(), z].concat();
+                if !points.contains(&point) && !excluded(&s.exclude, &v.name, &point) {
+                    points.push(point);
+                }
+            }
+        }
+        for point in points {
+            for &seed in seeds {
+                let mut table = base.clone();
+                for (k, val) in v.keys.iter().chain(point.iter()) {
+                    set_path(&mut table, k, val.clone());
+                }
+                table.insert("seed".into(), Value::Integer(seed as i64));
+                let membership = Membership { study: s.name.clone(), variant: v.name.clone(), point: point.clone() };
+                let label = RunSpec { index: 0, run_id: String::new(), config: RunConfig::default(), plan: LayerPlan(Vec::new()), memberships: vec![membership.clone()] };
+                let (config, plan) = resolve(table).map_err(|m| format!("run {}: {m}", label.to_string().trim_start_matches("#0 ")))?;
+                members.push((config, plan, membership));
+            }
+        }
+    }
+    let study = Study {
+        name: s.name.clone(),
+        description: s.description.clone(),
+        paper: s.paper.clone(),
+        x: s.plot_x.clone().or_else(|| keys.first().cloned()),
+        baselines: s.baselines.clone(),
+        keys,
+        variants: variants.into_iter().map(|v| v.name).collect(),
+    };
+    Ok((study, members))
+}
+
+/// The configuration key behind a plotted axis (`count(model.ssm_layers)` plots a count of it).
+pub fn axis_key(x: &str) -> &str {
+    x.strip_prefix("count(").and_then(|k| k.strip_suffix(')')).unwrap_or(x)
+}
+
+/// Grid keys as (dotted key, candidates); each must be a non-empty list.
+fn axes(table: &Table, what: &str) -> Result<Vec<(String, Vec<Value>)>, String> {
+    flatten(table, "")
+        .into_iter()
+        .map(|(key, value)| match value {
+            Value::Array(values) if !values.is_empty() => Ok((key, values)),
+            _ => Err(format!("{what}.{key}: must be a non-empty list of candidates, e.g. {key} = [32, 64]")),
+        })
+        .collect()
+}
+
+/// The zipped points: the i-th candidate of every zip key together.
+fn zip_axis(table: &Table) -> Result<Vec<Vec<(String, Value)>>, String> {
+    let lists = axes(table, "zip")?;
+    let Some((first_key, first)) = lists.first() else { return Ok(Vec::new()) };
+    if let Some((key, values)) = lists.iter().find(|(_, v)| v.len() != first.len()) {
+        return Err(format!("zip.{key} has {} candidates, zip.{first_key} {}: zipped lists must have one length", values.len(), first.len()));
+    }
+    Ok((0..first.len()).map(|i| lists.iter().map(|(k, v)| (k.clone(), v[i].clone())).collect()).collect())
+}
+
+/// Whether an `exclude` entry matches `point` of `variant`: every key it gives is equal.
+fn excluded(exclude: &[Table], variant: &str, point: &[(String, Value)]) -> bool {
+    exclude.iter().any(|rule| {
+        flatten(rule, "").iter().all(|(k, v)| match k.as_str() {
+            "variant" => v.as_str() == Some(variant),
+            key => point.iter().any(|(pk, pv)| pk == key && pv == v),
+        })
+    })
+}
+
+/// `[[variant]]` entries; one unnamed empty variant when there are none.
+fn variants(list: &[Table]) -> Result<Vec<RawVariant>, String> {
+    if list.is_empty() {
+        return Ok(vec![RawVariant { name: String::new(), not_crossed_with: Vec::new(), keys: Vec::new() }]);
+    }
+    let mut out: Vec<RawVariant> = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let mut t = t.clone();
+        let name = match t.remove("name") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            _ => return Err(format!("variant #{i} needs a `name` (a non-empty string)")),
+        };
+        if out.iter().any(|v| v.name == name) {
+            return Err(format!("two variants are named `{name}`"));
+        }
+        let not_crossed_with = match t.remove("not_crossed_with") {
+            None => Vec::new(),
+            Some(v) => v.try_into().map_err(|_| format!("variant `{name}`: not_crossed_with must be a list of keys"))?,
+        };
+        out.push(RawVariant { name, not_crossed_with, keys: flatten(&t, "") });
+    }
+    Ok(out)
 }
 
 /// Deserialises a run's table into a RunConfig and validates it; errors name the dotted key.
@@ -248,6 +567,17 @@ pub fn run_id(config: &RunConfig) -> String {
     bst_core::sha256_hex(json.as_bytes())[..12].to_owned()
 }
 
+/// The keys of every study, each once, in order.
+fn union_keys(studies: &[Study]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for k in studies.iter().flat_map(|s| s.keys.iter()) {
+        if !keys.contains(k) {
+            keys.push(k.clone());
+        }
+    }
+    keys
+}
+
 fn take_table(doc: &mut Table, key: &str) -> Result<Table, String> {
     match doc.remove(key) {
         None => Ok(Table::new()),
@@ -257,7 +587,7 @@ fn take_table(doc: &mut Table, key: &str) -> Result<Table, String> {
 }
 
 /// Nested tables -> (dotted key, leaf value), keeping file order.
-fn flatten(table: &Table, prefix: &str) -> Vec<(String, Value)> {
+pub(crate) fn flatten(table: &Table, prefix: &str) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for (k, v) in table {
         let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
@@ -267,13 +597,6 @@ fn flatten(table: &Table, prefix: &str) -> Vec<(String, Value)> {
         }
     }
     out
-}
-
-fn upsert(entries: &mut Vec<(String, Value)>, key: String, value: Value) {
-    match entries.iter_mut().find(|(k, _)| *k == key) {
-        Some(entry) => entry.1 = value,
-        None => entries.push((key, value)),
-    }
 }
 
 /// Sets `a.b.c = value`, creating the intermediate tables.
@@ -291,157 +614,31 @@ fn set_path(table: &mut Table, dotted: &str, value: Value) {
     t.insert(last.to_string(), value);
 }
 
-/// `[[variant]]` entries as (name, overrides); one unnamed empty variant when there are none.
-fn variants(doc: &mut Table) -> Result<Vec<(String, Vec<(String, Value)>)>, String> {
-    let Some(list) = doc.remove("variant") else {
-        return Ok(vec![(String::new(), Vec::new())]);
-    };
-    let Value::Array(list) = list else {
-        return Err("`variant` must be an array of tables ([[variant]])".into());
-    };
-    let mut out: Vec<(String, Vec<(String, Value)>)> = Vec::new();
-    for (i, v) in list.into_iter().enumerate() {
-        let Value::Table(mut t) = v else {
-            return Err(format!("variant #{i} must be a table"));
-        };
-        let name = match t.remove("name") {
-            Some(Value::String(s)) if !s.is_empty() => s,
-            _ => return Err(format!("variant #{i} needs a `name` (a non-empty string)")),
-        };
-        if out.iter().any(|(n, _)| *n == name) {
-            return Err(format!("two variants are named `{name}`"));
-        }
-        out.push((name, flatten(&t, "")));
-    }
-    Ok(out)
-}
-
 /// All combinations of the axes' candidates, the first axis varying slowest.
 fn cartesian(axes: &[(String, Vec<Value>)]) -> Vec<Vec<(String, Value)>> {
     axes.iter().fold(vec![Vec::new()], |acc, (key, values)| {
         acc.into_iter()
-            .flat_map(|point| values.iter().map(move |v| {
-                let mut p = point.clone();
-                p.push((key.clone(), v.clone()));
-                p
-            }))
+            .flat_map(|point| {
+                values.iter().map(move |v| {
+                    let mut p = point.clone();
+                    p.push((key.clone(), v.clone()));
+                    p
+                })
+            })
             .collect()
     })
 }
 
-/// Grid values of a run, by key, as strings (for CSV columns).
-pub fn point_map(spec: &RunSpec) -> BTreeMap<String, String> {
-    spec.point.iter().map(|(k, v)| (k.clone(), display_value(v))).collect()
+/// The value of a dotted key in a run's resolved configuration, as a cell (`""` when absent).
+pub fn config_value(config: &RunConfig, dotted: &str) -> String {
+    let json = serde_json::to_value(config).expect("RunConfig serialises");
+    let found = dotted.split('.').try_fold(&json, |v, part| v.get(part));
+    match found {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => other.to_string().replace(',', ", "),
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[sweep]
-name = "t"
-seeds = [1, 2]
-[base]
-model.n_layers = 2
-model.d_model = 32
-model.n_heads = 2
-train.seq_len = 64
-[grid]
-attn.window = [16, 32]
-[[variant]]
-name = "BST"
-model.arch = "BST:SH:S4D"
-model.ssm_layers = [1]
-[[variant]]
-name = "SLIDE"
-model.arch = "SLIDE"
-[profiles.big.base]
-model.d_model = 64
-[profiles.big.grid]
-attn.window = [64]
-[profiles.big.variant.BST]
-model.ssm_layers = [0, 1]
-"#;
-
-    fn load(text: &str, profile: Option<&str>, overrides: &[&str]) -> Result<Sweep, GridError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sweep.toml");
-        std::fs::write(&path, text).unwrap();
-        let overrides: Vec<Override> = overrides.iter().map(|o| o.parse().unwrap()).collect();
-        Sweep::load(&path, profile, &overrides)
-    }
-
-    #[test]
-    fn expands_variants_times_grid_times_seeds() {
-        let sweep = load(GOOD, None, &[]).unwrap();
-        assert_eq!(sweep.runs.len(), 2 * 2 * 2);
-        let labels: Vec<String> = sweep.runs.iter().map(|r| r.to_string()).collect();
-        assert_eq!(labels[0], "#0 : variant=BST attn.window=16 seed=1");
-        assert_eq!(labels[7], "#7 : variant=SLIDE attn.window=32 seed=2");
-        assert_eq!(sweep.runs[2].config.attn.window, 32);
-        assert_eq!(sweep.runs[5].config.model.arch.to_string(), "SLIDE");
-        assert_eq!(sweep.grid_keys, vec!["attn.window"]);
-        let mut ids: Vec<&str> = sweep.runs.iter().map(|r| r.run_id.as_str()).collect();
-        ids.dedup();
-        assert_eq!(ids.len(), 8, "every run has its own id");
-        assert_eq!(load(GOOD, None, &[]).unwrap().runs[3].run_id, sweep.runs[3].run_id, "ids are stable");
-    }
-
-    #[test]
-    fn profiles_and_overrides_apply() {
-        let big = load(GOOD, Some("big"), &[]).unwrap();
-        assert_eq!(big.runs.len(), 4);
-        assert!(big.runs.iter().all(|r| r.config.model.d_model == 64 && r.config.attn.window == 64));
-        assert_eq!(big.runs[0].config.model.ssm_layers, vec![0, 1]);
-        assert_eq!(load(GOOD, None, &[]).unwrap().runs[0].config.model.ssm_layers, vec![1]);
-        assert!(big.results_dir(Path::new("results")).ends_with("t-big"));
-        let o = load(GOOD, None, &["train.steps=7", "train.warmup_steps=2", "model.n_heads=1,2"]).unwrap();
-        assert_eq!(o.runs.len(), 16);
-        assert!(o.runs.iter().all(|r| r.config.train.steps == 7));
-        let err = load(GOOD, Some("huge"), &[]).unwrap_err().to_string();
-        assert!(err.contains("unknown profile `huge`") && err.contains("cpu, big"), "{err}");
-    }
-
-    #[test]
-    fn typos_fail_with_file_key_and_allowed_values() {
-        let typo = GOOD.replace("attn.window = [16, 32]", "attn.windw = [16, 32]");
-        let err = load(&typo, None, &[]).unwrap_err().to_string();
-        assert!(err.contains("sweep.toml") && err.contains("attn.windw") && err.contains("`window`"), "{err}");
-
-        let bad_arch = GOOD.replace("model.arch = \"SLIDE\"", "model.arch = \"SLIDER\"");
-        let err = load(&bad_arch, None, &[]).unwrap_err().to_string();
-        assert!(err.contains("model.arch") && err.contains("BST:SH:S4D, BST:MH:S4D") && err.contains("SLIDE"), "{err}");
-
-        let bad_value = GOOD.replace("attn.window = [16, 32]", "attn.window = [16, 24]");
-        let err = load(&bad_value, None, &[]).unwrap_err().to_string();
-        assert!(err.contains("train.seq_len") && err.contains("attn.window = 24"), "{err}");
-
-        let bad_type = GOOD.replace("model.n_layers = 2", "model.n_layers = \"two\"");
-        let err = load(&bad_type, None, &[]).unwrap_err().to_string();
-        assert!(err.contains("model.n_layers"), "{err}");
-
-        let not_list = GOOD.replace("attn.window = [16, 32]", "attn.window = 16");
-        let err = load(&not_list, None, &[]).unwrap_err().to_string();
-        assert!(err.contains("grid.attn.window") && err.contains("list"), "{err}");
-
-        let bad_top = format!("{GOOD}\n[gird]\nx = 1\n");
-        let err = load(&bad_top, None, &[]).unwrap_err().to_string();
-        assert!(err.contains("`gird`") && err.contains("grid"), "{err}");
-
-        let bad_meta = GOOD.replace("seeds = [1, 2]", "seed = [1, 2]");
-        let err = load(&bad_meta, None, &[]).unwrap_err().to_string();
-        assert!(err.contains("[sweep]") && err.contains("seeds"), "{err}");
-    }
-
-    #[test]
-    fn overrides_parse_like_hydra() {
-        let o: Override = "attn.window=32,64".parse().unwrap();
-        assert_eq!(o.values, vec![Value::Integer(32), Value::Integer(64)]);
-        let o: Override = "model.ssm_layers=[1, 3]".parse().unwrap();
-        assert_eq!(o.values.len(), 1);
-        let o: Override = "model.arch=SLIDE".parse().unwrap();
-        assert_eq!(o.values, vec![Value::String("SLIDE".into())]);
-        assert!("nokey".parse::<Override>().is_err());
-    }
-}
+mod tests;

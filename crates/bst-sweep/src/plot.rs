@@ -1,30 +1,118 @@
-//! Plots of a sweep, each written as PNG and SVG: a final test metric of every variant (bits per
-//! byte; accuracy for tasks with answers or labels) against a grid axis, and the training-loss
-//! curves of every run.
+//! Charts of a sweep, each written as PNG and SVG, drawn as a reviewer expects them in a paper:
+//! - numeric axes (layer index, state size N, window W, length L) as lines through the means with
+//!   a band of ± one standard deviation over seeds;
+//! - categorical axes (variants, architectures) as dots with error bars, never joined by lines;
+//! - baselines that do not vary along the axis as horizontal reference bands;
+//! - one colour per architecture in every chart of every sweep ([`arch_color`]).
 
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use bst_model::EvalMetrics;
-
 use crate::error::SweepError;
-use crate::run::RunRecord;
 
-/// One line of a chart: a legend label and its (x, y) points.
-pub struct Series {
-    pub label: String,
-    pub points: Vec<(f64, f64)>,
+/// The colour of an architecture, the same in every chart.
+pub fn arch_color(arch: &str) -> RGBColor {
+    match arch {
+        "SLIDE" => RGBColor(90, 90, 90),
+        "BRECT:FIXED:SKIP" => RGBColor(214, 39, 40),
+        "TRSF-XL" => RGBColor(148, 103, 189),
+        "TRANSFORMER" => RGBColor(0, 0, 0),
+        "GSS-HYBRID" => RGBColor(140, 86, 75),
+        "BST:SH:S4D" => RGBColor(44, 160, 44),
+        "BST:MH:S4D" => RGBColor(23, 190, 207),
+        "BST:MF:S4D" => RGBColor(188, 189, 34),
+        "BST:SH:S4" => RGBColor(31, 119, 180),
+        "BST:MH:S4" => RGBColor(0, 90, 140),
+        "BST:MF:S4" => RGBColor(70, 50, 160),
+        "BST:SH:UNSTRUCT" => RGBColor(255, 127, 14),
+        "BST:MH:UNSTRUCT" => RGBColor(227, 119, 194),
+        "BST:MF:UNSTRUCT" => RGBColor(205, 160, 0),
+        _ => RGBColor(120, 120, 120),
+    }
 }
 
-/// What a chart shows; `x_labels` names category positions 0, 1, … when the x axis is categorical.
+/// `color` made lighter (`shade` > 0) or darker (< 0), to tell variants of one architecture apart.
+pub fn shaded(color: RGBColor, shade: f64) -> RGBColor {
+    let mix = |c: u8| {
+        let c = c as f64;
+        (if shade >= 0.0 { c + (255.0 - c) * shade } else { c * (1.0 + shade) }).round().clamp(0.0, 255.0) as u8
+    };
+    RGBColor(mix(color.0), mix(color.1), mix(color.2))
+}
+
+/// Colours for the lines of one chart: each architecture's colour, a shade lighter or darker for
+/// every further line of the same architecture.
+#[derive(Debug, Default)]
+pub struct Palette {
+    used: std::collections::BTreeMap<String, usize>,
+}
+
+impl Palette {
+    pub fn color(&mut self, arch: &str) -> RGBColor {
+        let n = self.used.entry(arch.to_owned()).or_insert(0);
+        *n += 1;
+        shaded(arch_color(arch), [0.0, -0.35, 0.35, -0.6, 0.6][(*n - 1) % 5])
+    }
+}
+
+/// How a series is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Line through the means with a ± sd band (numeric axes).
+    Line,
+    /// Dots with ± sd error bars (categorical axes).
+    Dots,
+}
+
+/// One series: (x, mean, sd) points.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    pub color: RGBColor,
+    pub points: Vec<(f64, f64, f64)>,
+    pub style: Style,
+}
+
+/// A horizontal reference band: a baseline's mean ± sd across the whole axis.
+#[derive(Debug, Clone)]
+pub struct Band {
+    pub label: String,
+    pub color: RGBColor,
+    pub mean: f64,
+    pub sd: f64,
+}
+
+/// The x axis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum XAxis {
+    Linear,
+    Log,
+    /// Categories at positions 0, 1, ...
+    Categories(Vec<String>),
+}
+
+/// What a chart shows.
+#[derive(Debug, Clone)]
 pub struct Chart {
     pub title: String,
     pub x_desc: String,
     pub y_desc: String,
+    pub x: XAxis,
+    pub log_y: bool,
     pub series: Vec<Series>,
-    pub x_labels: Option<Vec<String>>,
+    pub bands: Vec<Band>,
+}
+
+/// A tick label: integers as such, other values with at most 4 significant decimals.
+fn number(x: f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{}", x.round())
+    } else {
+        let s = format!("{x:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
 }
 
 /// A drawing error, as text (plotters' errors are generic over the backend).
@@ -32,223 +120,178 @@ fn failed<E: std::fmt::Debug>(e: E) -> String {
     format!("{e:?}")
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String>
+/// The data range of a chart, padded: (x0, x1, y0, y1).
+fn ranges(chart: &Chart) -> Result<(f64, f64, f64, f64), String> {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, m, sd) in chart.series.iter().flat_map(|s| s.points.iter()) {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(m - sd), y1.max(m + sd));
+    }
+    for b in &chart.bands {
+        (y0, y1) = (y0.min(b.mean - b.sd), y1.max(b.mean + b.sd));
+    }
+    if let XAxis::Categories(c) = &chart.x {
+        (x0, x1) = (0.0, c.len().saturating_sub(1) as f64);
+    }
+    if x0 > x1 || y0 > y1 {
+        return Err(format!("nothing to plot for `{}`", chart.title));
+    }
+    Ok(match (&chart.x, chart.log_y) {
+        (XAxis::Log, true) => (x0 / 1.3, x1 * 1.3, y0 / 1.5, y1 * 1.5),
+        (XAxis::Categories(_), _) => (x0 - 0.6, x1 + 0.6, y0 - (y1 - y0).max(0.01) * 0.12, y1 + (y1 - y0).max(0.01) * 0.12),
+        _ => {
+            let pad_x = if x1 > x0 { (x1 - x0) * 0.06 } else { 0.5 };
+            let pad_y = if y1 > y0 { (y1 - y0) * 0.12 } else { 0.01 * y1.abs().max(1.0) };
+            (x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y)
+        }
+    })
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let (x0, x1, y0, y1) = ranges(chart)?;
+    let mut builder = ChartBuilder::on(root);
+    builder.caption(&chart.title, ("sans-serif", 22)).margin(18).x_label_area_size(52).y_label_area_size(76);
+    match (&chart.x, chart.log_y) {
+        (XAxis::Log, true) => {
+            let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()).map_err(failed)?;
+            ctx.configure_mesh()
+                .x_desc(&chart.x_desc)
+                .y_desc(&chart.y_desc)
+                .axis_desc_style(("sans-serif", 17))
+                .label_style(("sans-serif", 14))
+                .x_label_formatter(&|x| number(*x))
+                .y_label_formatter(&|y| format!("{y:.1e}"))
+                .draw()
+                .map_err(failed)?;
+            draw_series(&mut ctx, chart, (x0, x1))?;
+            legend(&mut ctx)
+        }
+        _ => {
+            let mut ctx = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(failed)?;
+            let labels = match &chart.x {
+                XAxis::Categories(c) => Some(c.clone()),
+                _ => None,
+            };
+            let integer_data = chart.series.iter().flat_map(|s| s.points.iter()).all(|p| p.0.fract() == 0.0);
+            let format_x = move |x: &f64| match &labels {
+                Some(labels) if (x - x.round()).abs() < 1e-9 && *x >= 0.0 => labels.get(x.round() as usize).cloned().unwrap_or_default(),
+                Some(_) => String::new(),
+                // integer data (layers, sizes, windows): integer ticks only
+                None if integer_data && (x - x.round()).abs() > 1e-9 => String::new(),
+                None => number(*x),
+            };
+            let n_x_labels = match &chart.x {
+                XAxis::Categories(c) => 2 * c.len() + 3,
+                _ => 10,
+            };
+            ctx.configure_mesh()
+                .x_desc(&chart.x_desc)
+                .y_desc(&chart.y_desc)
+                .x_labels(n_x_labels)
+                .x_label_formatter(&format_x)
+                .axis_desc_style(("sans-serif", 17))
+                .label_style(("sans-serif", 14))
+                .draw()
+                .map_err(failed)?;
+            draw_series(&mut ctx, chart, (x0, x1))?;
+            legend(&mut ctx)
+        }
+    }
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(ctx: &mut ChartContext<'a, DB, CT>) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    ctx.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(failed)
+}
+
+fn draw_series<'a, DB: DrawingBackend + 'a, X, Y>(ctx: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, chart: &Chart, (x0, x1): (f64, f64)) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for b in &chart.bands {
+        let color = b.color;
+        ctx.draw_series(std::iter::once(Rectangle::new([(x0, b.mean - b.sd), (x1, b.mean + b.sd)], color.mix(0.15).filled()))).map_err(failed)?;
+        ctx.draw_series(DashedLineSeries::new(vec![(x0, b.mean), (x1, b.mean)], 8, 5, color.stroke_width(2)))
+            .map_err(failed)?
+            .label(format!("{} (baseline, ± sd)", b.label))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+    }
+    for s in &chart.series {
+        let color = s.color;
+        let mut pts = s.points.clone();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        match s.style {
+            Style::Line => {
+                if pts.iter().any(|p| p.2 > 0.0) {
+                    let band: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1 + p.2)).chain(pts.iter().rev().map(|p| (p.0, p.1 - p.2))).collect();
+                    ctx.draw_series(std::iter::once(Polygon::new(band, color.mix(0.18).filled()))).map_err(failed)?;
+                }
+                ctx.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
+                    .map_err(failed)?
+                    .label(&s.label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+                if pts.len() <= 12 {
+                    ctx.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 3, color.filled()))).map_err(failed)?;
+                }
+            }
+            Style::Dots => {
+                ctx.draw_series(pts.iter().map(|p| ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, color.stroke_width(2), 10))).map_err(failed)?;
+                ctx.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 5, color.filled())))
+                    .map_err(failed)?
+                    .label(&s.label)
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Draws `charts` side by side on `root`.
+fn draw_panels<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, charts: &[Chart]) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(failed)?;
-    let points = chart.series.iter().flat_map(|s| s.points.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in points {
-        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    for (area, chart) in root.split_evenly((1, charts.len())).iter().zip(charts) {
+        draw(area, chart)?;
     }
-    if x0 > x1 {
-        return Err(format!("nothing to plot for `{}`", chart.title));
-    }
-    let pad_x = ((x1 - x0) * 0.08).max(0.5);
-    let pad_y = ((y1 - y0) * 0.1).max(0.02);
-    let mut ctx = ChartBuilder::on(&root)
-        .caption(&chart.title, ("sans-serif", 24))
-        .margin(18)
-        .x_label_area_size(48)
-        .y_label_area_size(70)
-        .build_cartesian_2d((x0 - pad_x)..(x1 + pad_x), (y0 - pad_y)..(y1 + pad_y))
-        .map_err(failed)?;
-    let x_labels = chart.x_labels.clone();
-    let format_x = move |x: &f64| match &x_labels {
-        Some(labels) if (x - x.round()).abs() < 1e-9 && *x >= 0.0 => labels.get(x.round() as usize).cloned().unwrap_or_default(),
-        Some(_) => String::new(),
-        None => format!("{x}"),
-    };
-    let n_x_labels = chart.x_labels.as_ref().map_or(8, |l| 2 * l.len() + 3);
-    ctx.configure_mesh()
-        .x_desc(&chart.x_desc)
-        .y_desc(&chart.y_desc)
-        .x_labels(n_x_labels)
-        .x_label_formatter(&format_x)
-        .axis_desc_style(("sans-serif", 18))
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(failed)?;
-    for (i, s) in chart.series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let mut pts = s.points.clone();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let markers = pts.len() <= 32;
-        ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(failed)?
-            .label(&s.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
-        if markers {
-            ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(failed)?;
-        }
-    }
-    ctx.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(failed)?;
-    root.present().map_err(failed)?;
-    Ok(())
+    root.present().map_err(failed)
 }
 
-/// Renders `chart` to `<stem>.png` and `<stem>.svg` (each written to a temp file, then renamed).
-/// Many categories widen the canvas so that their labels do not collide.
-pub fn render(chart: &Chart, stem: &Path) -> Result<Vec<PathBuf>, SweepError> {
+/// Renders `charts` side by side to `<stem>.png` and `<stem>.svg` (each written to a temporary
+/// file, flushed, then renamed). Many categories widen each panel so that their labels fit.
+pub fn render(charts: &[Chart], stem: &Path) -> Result<Vec<PathBuf>, SweepError> {
     let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
     let (png_tmp, svg_tmp) = (stem.with_extension("tmp.png"), stem.with_extension("tmp.svg"));
-    let longest = chart.x_labels.iter().flatten().map(|l| l.len()).max().unwrap_or(0) as u32;
-    let categories = chart.x_labels.as_ref().map_or(0, |l| l.len()) as u32;
-    let size = ((categories * (longest * 9 + 20) + 200).max(1000), 640);
-    draw(BitMapBackend::new(&png_tmp, size).into_drawing_area(), chart).map_err(SweepError::file(&png))?;
-    draw(SVGBackend::new(&svg_tmp, size).into_drawing_area(), chart).map_err(SweepError::file(&svg))?;
+    let panel_width = charts
+        .iter()
+        .map(|c| match &c.x {
+            XAxis::Categories(l) => (l.len() as u32) * (l.iter().map(|s| s.len()).max().unwrap_or(0) as u32 * 8 + 24) + 260,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+        .max(900);
+    let size = (panel_width * charts.len() as u32, 620);
+    draw_panels(BitMapBackend::new(&png_tmp, size).into_drawing_area(), charts).map_err(SweepError::file(&png))?;
+    draw_panels(SVGBackend::new(&svg_tmp, size).into_drawing_area(), charts).map_err(SweepError::file(&svg))?;
     for (tmp, file) in [(&png_tmp, &png), (&svg_tmp, &svg)] {
         std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(SweepError::io(tmp))?;
         std::fs::rename(tmp, file).map_err(SweepError::io(file))?;
     }
     Ok(vec![png, svg])
-}
-
-/// A per-run test score to plot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    /// Test bits per byte (language models).
-    TestBpb,
-    /// Test accuracy on the answers of a synthetic task, or on the labels of a classification task.
-    AnswerAccuracy,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 2] = [Metric::TestBpb, Metric::AnswerAccuracy];
-
-    /// The value for one evaluation, if the metric applies to it.
-    pub fn of(self, m: &EvalMetrics) -> Option<f64> {
-        match self {
-            Metric::TestBpb => Some(m.bits_per_byte).filter(|v| v.is_finite()),
-            Metric::AnswerAccuracy => m.answers.as_ref().map(|a| a.accuracy),
-        }
-    }
-
-    /// File name of the chart, without extension.
-    pub fn file_stem(self) -> &'static str {
-        match self {
-            Metric::TestBpb => "test_bpb",
-            Metric::AnswerAccuracy => "test_accuracy",
-        }
-    }
-
-    fn describe(self) -> (&'static str, &'static str) {
-        match self {
-            Metric::TestBpb => ("test bits per byte (lower is better)", "test bits per byte"),
-            Metric::AnswerAccuracy => ("test accuracy on answers / labels (higher is better)", "test accuracy (fraction correct)"),
-        }
-    }
-}
-
-/// A test metric of each variant (mean over seeds) against the values of grid key `x_key`
-/// (categorical positions), or against the variants when there is no such key. Runs the metric
-/// does not apply to are left out.
-pub fn metric_chart(sweep_name: &str, records: &[RunRecord], x_key: Option<&str>, metric: Metric) -> Chart {
-    let x_of = |r: &RunRecord| x_key.and_then(|k| r.point.get(k)).cloned().unwrap_or_else(|| r.variant.clone());
-    let mut xs: Vec<String> = Vec::new();
-    for r in records {
-        let x = x_of(r);
-        if !xs.contains(&x) {
-            xs.push(x);
-        }
-    }
-    // numeric axis values sort numerically, others keep grid order
-    if xs.iter().all(|x| x.parse::<f64>().is_ok()) {
-        xs.sort_by(|a, b| a.parse::<f64>().unwrap().total_cmp(&b.parse::<f64>().unwrap()));
-    }
-    let series_of = |r: &RunRecord| {
-        let others: Vec<String> = r.point.iter().filter(|(k, _)| Some(k.as_str()) != x_key).map(|(k, v)| format!("{k}={v}")).collect();
-        let name = if x_key.is_some() { r.variant.clone() } else { String::from("all variants") };
-        [vec![name], others].concat().into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
-    };
-    let mut series: Vec<Series> = Vec::new();
-    for r in records {
-        let label = series_of(r);
-        let x = xs.iter().position(|v| *v == x_of(r)).unwrap() as f64;
-        let Some(y) = metric.of(&r.test) else { continue };
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push((x, y)),
-            None => series.push(Series { label, points: vec![(x, y)] }),
-        }
-    }
-    // the same runs evaluated at longer lengths, one more line per series and length
-    let mut longer: Vec<Series> = Vec::new();
-    for r in records {
-        let x = xs.iter().position(|v| *v == x_of(r)).unwrap() as f64;
-        for l in &r.longer {
-            let label = format!("{} @ {}x length", series_of(r), l.factor);
-            let Some(y) = metric.of(&l.test) else { continue };
-            match longer.iter_mut().find(|s| s.label == label) {
-                Some(s) => s.points.push((x, y)),
-                None => longer.push(Series { label, points: vec![(x, y)] }),
-            }
-        }
-    }
-    if !longer.is_empty() {
-        for s in &mut series {
-            s.label = format!("{} @ training length", s.label);
-        }
-    }
-    series.extend(longer);
-    for s in &mut series {
-        s.points = mean_by_x(&s.points);
-    }
-    let (title, y_desc) = metric.describe();
-    Chart {
-        title: format!("{sweep_name}: {title}"),
-        x_desc: x_key.unwrap_or("variant").to_string(),
-        y_desc: y_desc.into(),
-        series,
-        x_labels: Some(xs),
-    }
-}
-
-/// Mean of y over equal x (seeds of one grid point).
-fn mean_by_x(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    let mut out: Vec<(f64, f64, usize)> = Vec::new();
-    for &(x, y) in points {
-        match out.iter_mut().find(|p| p.0 == x) {
-            Some(p) => (p.1, p.2) = (p.1 + y, p.2 + 1),
-            None => out.push((x, y, 1)),
-        }
-    }
-    out.into_iter().map(|(x, s, n)| (x, s / n as f64)).collect()
-}
-
-/// Training loss (moving average over `smooth` steps) against tokens seen, one line per run,
-/// from 10% of training on: the initial drop would squash the differences between runs.
-pub fn loss_chart(sweep_name: &str, curves: Vec<(String, Vec<(f64, f64)>)>, smooth: usize) -> Chart {
-    let x_max = curves.iter().flat_map(|(_, pts)| pts.iter().map(|p| p.0)).fold(0.0, f64::max);
-    let series: Vec<Series> = curves
-        .into_iter()
-        .map(|(label, pts)| {
-            let points = pts
-                .iter()
-                .enumerate()
-                .map(|(i, &(x, _))| {
-                    let window = &pts[i.saturating_sub(smooth - 1)..=i];
-                    (x, window.iter().map(|p| p.1).sum::<f64>() / window.len() as f64)
-                })
-                .filter(|&(x, _)| x >= 0.1 * x_max)
-                .map(|(x, y)| (x / 1e6, y))
-                .collect();
-            Series { label, points }
-        })
-        .collect();
-    Chart {
-        title: format!("{sweep_name}: training loss (from 10% of training on)"),
-        x_desc: "training tokens (millions)".into(),
-        y_desc: format!("train loss, nats/token ({smooth}-step mean)"),
-        series,
-        x_labels: None,
-    }
 }
 
 /// (tokens_seen, loss) from a run's metrics.csv.
@@ -268,41 +311,71 @@ pub fn read_loss_curve(metrics_csv: &Path) -> Result<Vec<(f64, f64)>, SweepError
         .collect()
 }
 
+/// A moving mean over `window` points, from 10% of the x range on: the initial drop would
+/// squash the differences between curves.
+pub fn smoothed_tail(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let x_max = points.iter().map(|p| p.0).fold(0.0, f64::max);
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, &(x, _))| {
+            let w = &points[i.saturating_sub(window - 1)..=i];
+            (x, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+        })
+        .filter(|&(x, _)| x >= 0.1 * x_max)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn svg_texts(svg: &str) -> Vec<String> {
+        svg.split("</text>").filter_map(|t| t.rsplit_once('>')).map(|(_, text)| text.trim().to_string()).collect()
+    }
+
     #[test]
-    fn renders_png_and_svg_with_title_axes_and_legend() {
+    fn renders_bands_error_bars_and_log_axes_to_png_and_svg() {
         let dir = tempfile::tempdir().unwrap();
-        let chart = Chart {
+        let categorical = Chart {
             title: "demo: test bits per byte".into(),
-            x_desc: "attn.window".into(),
+            x_desc: "variant".into(),
             y_desc: "test bits per byte".into(),
-            series: vec![Series { label: "BST:SH:S4D".into(), points: vec![(0.0, 2.5), (1.0, 2.4)] }, Series { label: "SLIDE".into(), points: vec![(0.0, 2.6), (1.0, 2.55)] }],
-            x_labels: Some(vec!["32".into(), "64".into()]),
-            };
-        let files = render(&chart, &dir.path().join("demo")).unwrap();
-        let png = std::fs::read(&files[0]).unwrap();
-        assert_eq!(&png[1..4], b"PNG");
-        let svg = std::fs::read_to_string(&files[1]).unwrap();
-        let texts: Vec<&str> = svg.split("</text>").filter_map(|t| t.rsplit_once('>')).map(|(_, text)| text.trim()).collect();
-        for text in ["demo: test bits per byte", "attn.window", "test bits per byte", "BST:SH:S4D", "SLIDE", "32", "64"] {
-            assert!(texts.contains(&text), "svg has no text `{text}`: {texts:?}");
+            x: XAxis::Categories(vec!["BST:SH:S4D".into(), "BST:MF:S4D".into()]),
+            log_y: false,
+            series: vec![Series { label: "BST".into(), color: arch_color("BST:SH:S4D"), points: vec![(0.0, 2.5, 0.02), (1.0, 2.4, 0.03)], style: Style::Dots }],
+            bands: vec![Band { label: "SLIDE".into(), color: arch_color("SLIDE"), mean: 2.55, sd: 0.01 }],
+        };
+        let speed = Chart {
+            title: "forward".into(),
+            x_desc: "sequence length L (tokens)".into(),
+            y_desc: "time per call (s)".into(),
+            x: XAxis::Log,
+            log_y: true,
+            series: vec![Series { label: "SLIDE".into(), color: arch_color("SLIDE"), points: vec![(1024.0, 0.01, 0.0), (4096.0, 0.04, 0.0)], style: Style::Line }],
+            bands: vec![],
+        };
+        let files = render(&[categorical, speed], &dir.path().join("demo")).unwrap();
+        assert_eq!(&std::fs::read(&files[0]).unwrap()[1..4], b"PNG");
+        let texts = svg_texts(&std::fs::read_to_string(&files[1]).unwrap());
+        for text in ["demo: test bits per byte", "variant", "test bits per byte", "BST", "SLIDE (baseline, ± sd)", "BST:SH:S4D", "BST:MF:S4D", "forward", "sequence length L (tokens)"] {
+            assert!(texts.iter().any(|t| t == text), "svg has no text `{text}`: {texts:?}");
         }
     }
 
     #[test]
-    fn loss_chart_zooms_past_the_initial_drop() {
-        let curve: Vec<(f64, f64)> = (0..100).map(|i| (i as f64 * 1e4, if i < 5 { 7.0 } else { 2.0 + 1.0 / (i as f64) })).collect();
-        let chart = loss_chart("x", vec![("run".into(), curve)], 1);
-        let ys: Vec<f64> = chart.series[0].points.iter().map(|p| p.1).collect();
-        assert_eq!(ys.len(), 90, "the first 10% of the points are left out");
-        assert!(ys.iter().all(|&y| y > 2.0 && y < 2.2), "no point of the initial drop remains: {ys:?}");
+    fn colours_are_fixed_per_architecture() {
+        assert_eq!(arch_color("BRECT:FIXED:SKIP"), RGBColor(214, 39, 40));
+        assert_ne!(arch_color("BST:SH:S4D"), arch_color("BST:MF:S4D"));
+        assert_eq!(shaded(RGBColor(100, 100, 100), 0.5), RGBColor(178, 178, 178));
+        assert_eq!(shaded(RGBColor(100, 100, 100), -0.5), RGBColor(50, 50, 50));
     }
 
     #[test]
-    fn mean_over_seeds() {
-        assert_eq!(mean_by_x(&[(0.0, 1.0), (1.0, 5.0), (0.0, 3.0)]), vec![(0.0, 2.0), (1.0, 5.0)]);
+    fn loss_tail_leaves_out_the_initial_drop() {
+        let curve: Vec<(f64, f64)> = (0..100).map(|i| (i as f64 * 1e4, if i < 5 { 7.0 } else { 2.0 + 1.0 / (i as f64) })).collect();
+        let ys: Vec<f64> = smoothed_tail(&curve, 1).iter().map(|p| p.1).collect();
+        assert_eq!(ys.len(), 90, "the first 10% of the points are left out");
+        assert!(ys.iter().all(|&y| y > 2.0 && y < 2.2), "no point of the initial drop remains: {ys:?}");
     }
 }

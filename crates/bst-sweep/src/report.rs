@@ -6,50 +6,7 @@ use std::rc::Rc;
 use crate::grid::Sweep;
 use bst_data::lra::LraDataset;
 
-use crate::run::{LoadedData, RunRecord};
-
-/// Longer evaluation lengths (multiples of the training length) present in any record.
-pub fn longer_factors(records: &[RunRecord]) -> Vec<usize> {
-    let mut f: Vec<usize> = records.iter().flat_map(|r| r.longer.iter().map(|l| l.factor)).collect();
-    f.sort_unstable();
-    f.dedup();
-    f
-}
-
-/// A Markdown table of the finished runs, one row each, sorted as the grid.
-pub fn table(sweep: &Sweep, records: &[RunRecord]) -> String {
-    let factors = longer_factors(records);
-    let mut head = vec!["variant".to_string(), "layers (from 1)".to_string()];
-    head.extend(sweep.grid_keys.iter().cloned());
-    head.extend(["seed", "params", "tokens", "tok/s", "wall (s)", "valid bpb", "test bpb", "test ppl"].map(String::from));
-    head.extend(factors.iter().map(|f| format!("test bpb {f}x len")));
-    let answers = records.iter().any(|r| r.test.answers.is_some());
-    if answers {
-        head.extend(["test accuracy", "bits per answer"].map(String::from));
-    }
-    let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
-    for r in records {
-        let mut cells = vec![r.variant.clone(), r.placement.clone()];
-        cells.extend(sweep.grid_keys.iter().map(|k| r.point.get(k).cloned().unwrap_or_default()));
-        cells.extend([
-            r.seed.to_string(),
-            format!("{:.2}M", r.params as f64 / 1e6),
-            format!("{:.2}M", r.tokens_seen as f64 / 1e6),
-            format!("{:.0}", r.tokens_per_s),
-            format!("{:.0}", r.wall_s),
-            cell(r.valid.bits_per_byte, 3),
-            cell(r.test.bits_per_byte, 3),
-            cell(r.test.ppl, 2),
-        ]);
-        cells.extend(factors.iter().map(|f| r.longer.iter().find(|l| l.factor == *f).map_or(String::new(), |l| format!("{:.3}", l.test.bits_per_byte))));
-        if answers {
-            let a = r.test.answers.as_ref();
-            cells.extend([a.map_or(String::new(), |a| format!("{:.3}", a.accuracy)), a.map_or(String::new(), |a| format!("{:.2}", a.bits))]);
-        }
-        let _ = writeln!(out, "| {} |", cells.join(" | "));
-    }
-    out
-}
+use crate::run::{LoadedData, RunFailure, RunRecord};
 
 /// The data of the sweep (one paragraph per distinct corpus or task), with the baselines every
 /// model must clear: unigram bits per byte for corpora, chance accuracy for tasks.
@@ -94,31 +51,51 @@ pub fn cell(v: f64, decimals: usize) -> String {
     if v.is_finite() { format!("{v:.decimals$}") } else { String::new() }
 }
 
-/// The whole report.md.
-pub fn markdown(sweep: &Sweep, records: &[RunRecord], data_text: &str, plots: &[String], command: &str) -> String {
+/// The whole report.md: provenance, data, one section per study, the speed study, failures.
+pub fn markdown(sweep: &Sweep, records: &[&RunRecord], failures: &[&RunFailure], data_text: &str, sections: &[String], command: &str) -> String {
     let mut out = format!("# {}\n\n", sweep.meta.name);
     if !sweep.meta.description.is_empty() {
         let _ = writeln!(out, "{}\n", sweep.meta.description);
     }
-    let _ = writeln!(out, "Produced by `{command}` (profile `{}`, sweep file `{}`).", sweep.profile, sweep.file.display());
-    if let Some(r) = records.last() {
-        let _ = writeln!(out, "Last run: commit `{}`, device `{}`, {}. Every run's own provenance is in runs.csv.\n", r.provenance.git_commit, r.provenance.device, r.provenance.date);
+    let _ = writeln!(out, "Produced by `{command}` (profile `{}`, sweep file `{}`, seeds {:?}).", sweep.profile, sweep.file.display(), sweep.meta.seeds);
+    let mut commits: Vec<&str> = records.iter().map(|r| r.provenance.git_commit.as_str()).collect();
+    commits.sort_unstable();
+    commits.dedup();
+    let mut devices: Vec<&str> = records.iter().map(|r| r.provenance.device.as_str()).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    if let (Some(first), Some(last)) = (records.iter().map(|r| r.provenance.date.as_str()).min(), records.iter().map(|r| r.provenance.date.as_str()).max()) {
+        let _ = writeln!(out, "Runs trained at commit{} `{}` on {}, from {first} to {last}; every run's own provenance is in runs.csv.\n", if commits.len() > 1 { "s" } else { "" }, commits.join("`, `"), devices.join(", "));
     }
-    let _ = writeln!(out, "## Data\n\n{data_text}\n");
-    let _ = writeln!(out, "## Runs ({} of {} finished)\n\n{}", records.len(), sweep.runs.len(), table(sweep, records));
-    let _ = writeln!(out, "bpb = bits per byte, ppl = perplexity per token (per label for a classification task); evaluation on {} tokens (examples, for a classification task) per split. \"layers (from 1)\" lists the layers that are not SLIDE, numbered from 1 as the paper counts them (`model.ssm_layers` counts from 0). Training windows: {}.\n", records.first().map_or(0, |r| r.test.tokens), sampling_summary(records));
+    let total_wall: f64 = records.iter().map(|r| r.wall_s).sum();
+    let _ = writeln!(
+        out,
+        "{} of {} runs finished{}; their training took {} in all. Bits per byte divide by the exact bytes of the tokens scored; bpb = bits per byte, ppl = perplexity per token. Training windows: {}.\n",
+        records.len(),
+        sweep.runs.len(),
+        if failures.is_empty() { String::new() } else { format!(", {} failed or diverged (listed at the end)", failures.len()) },
+        crate::progress::duration(total_wall),
+        sampling_summary(records)
+    );
     if let Some(spread) = params_spread(records.iter().map(|r| (r.variant.as_str(), r.params))) {
         let _ = writeln!(out, "{spread}\n");
     }
-    let _ = writeln!(out, "## Plots\n");
-    for p in plots {
-        let _ = writeln!(out, "![{p}]({p})\n");
+    let _ = writeln!(out, "## Data\n\n{data_text}\n");
+    for s in sections {
+        out.push_str(s);
+    }
+    if !failures.is_empty() {
+        let _ = writeln!(out, "## Failed runs\n\n| run | variant | seed | status | error |\n|---|---|---|---|---|");
+        for f in failures {
+            let _ = writeln!(out, "| {} | {} | {} | {} | {} |", f.run_id, f.variant, f.seed, f.status, f.error.replace('|', "/").replace('\n', " "));
+        }
+        out.push('\n');
     }
     out
 }
 
 /// How the runs drew their training windows, in words.
-fn sampling_summary(records: &[RunRecord]) -> String {
+fn sampling_summary(records: &[&RunRecord]) -> String {
     let mut kinds: Vec<&str> = records.iter().map(|r| r.sampling.as_str()).collect();
     kinds.sort_unstable();
     kinds.dedup();

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use crate::error::{write_atomically, SweepError};
-use crate::grid::{point_map, RunSpec};
+use crate::grid::{display_value, RunSpec};
 use crate::provenance::Provenance;
 
 type Result<T, E = SweepError> = std::result::Result<T, E>;
@@ -103,7 +103,11 @@ impl DataCache {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
+    /// The variant (in the first study that has this run).
     pub variant: String,
+    /// Every study that has this run.
+    #[serde(default)]
+    pub studies: Vec<String>,
     /// Grid values of this run, by dotted key.
     pub point: std::collections::BTreeMap<String, String>,
     pub seed: u64,
@@ -153,8 +157,9 @@ impl RunRecord {
         let cfg = &spec.config;
         Self {
             run_id: spec.run_id.clone(),
-            variant: spec.variant.clone(),
-            point: point_map(spec),
+            variant: spec.variant().to_owned(),
+            studies: spec.studies().iter().map(|s| s.to_string()).collect(),
+            point: spec.point().iter().map(|(k, v)| (k.clone(), display_value(v))).collect(),
             seed: cfg.seed,
             arch: cfg.model.arch.to_string(),
             placement: spec.plan.placement(),
@@ -181,31 +186,83 @@ pub fn run_dir(results_dir: &Path, run_id: &str) -> PathBuf {
     results_dir.join("runs").join(run_id)
 }
 
-/// The record of a finished run, if its folder has a readable one for this configuration.
-pub fn finished(results_dir: &Path, spec: &RunSpec) -> Option<RunRecord> {
-    let text = std::fs::read_to_string(run_dir(results_dir, &spec.run_id).join("result.json")).ok()?;
-    let record: RunRecord = serde_json::from_str(&text).ok()?;
-    (record.config == spec.config).then_some(record)
+/// A run that failed: the error, where training stopped, and the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunFailure {
+    pub run_id: String,
+    pub variant: String,
+    pub seed: u64,
+    pub arch: String,
+    /// `diverged` (a non-finite loss or gradient stopped training) or `failed` (any other error).
+    pub status: String,
+    pub error: String,
+    pub provenance: Provenance,
+    pub config: RunConfig,
 }
 
-/// metrics.csv of a run, keeping the rows of steps before `step` (a resumed run rewrites the rest).
-fn open_metrics(path: &Path, step: usize) -> Result<std::io::BufWriter<std::fs::File>> {
+impl RunFailure {
+    fn new(spec: &RunSpec, error: &SweepError, device: Device) -> Self {
+        let diverged = matches!(error, SweepError::Model(ModelError::NonFinite { .. }));
+        Self {
+            run_id: spec.run_id.clone(),
+            variant: spec.variant().to_owned(),
+            seed: spec.config.seed,
+            arch: spec.config.model.arch.to_string(),
+            status: if diverged { "diverged" } else { "failed" }.into(),
+            error: error.to_string(),
+            provenance: Provenance::now(device),
+            config: spec.config.clone(),
+        }
+    }
+}
+
+/// How a run ended, as its folder records it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// `result.json`: trained and evaluated.
+    Finished(Box<RunRecord>),
+    /// `failure.json`: stopped by an error (kept, so that a rerun does not repeat it unless asked).
+    Failed(Box<RunFailure>),
+}
+
+impl Outcome {
+    pub fn record(&self) -> Option<&RunRecord> {
+        match self {
+            Outcome::Finished(r) => Some(r),
+            Outcome::Failed(_) => None,
+        }
+    }
+}
+
+/// How `spec` ended in an earlier launch, if its folder says so for this very configuration.
+pub fn outcome(results_dir: &Path, spec: &RunSpec) -> Option<Outcome> {
+    let dir = run_dir(results_dir, &spec.run_id);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    if let Some(record) = read("result.json").and_then(|t| serde_json::from_str::<RunRecord>(&t).ok()) {
+        return (record.config == spec.config).then(|| Outcome::Finished(Box::new(record)));
+    }
+    let failure = read("failure.json").and_then(|t| serde_json::from_str::<RunFailure>(&t).ok())?;
+    (failure.config == spec.config).then(|| Outcome::Failed(Box::new(failure)))
+}
+
+/// metrics.csv of a run, keeping the complete rows of steps before `step` (a resumed run rewrites
+/// the rest; a row cut short by a kill is dropped), opened for appending one row per step.
+fn open_metrics(path: &Path, step: usize) -> Result<std::fs::File> {
     const HEADER: &str = "step,loss,lr,grad_norm,tokens_seen,elapsed_s,tokens_per_s";
-    let kept: Vec<String> = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s < step))
-        .map(String::from)
-        .collect();
-    let io = SweepError::io(path);
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(SweepError::io(path))?);
-    writeln!(file, "{HEADER}").and_then(|_| kept.iter().try_for_each(|line| writeln!(file, "{line}"))).map_err(io)?;
-    Ok(file)
+    let complete = |l: &&str| {
+        let cells: Vec<&str> = l.split(',').collect();
+        cells.len() == 7 && cells[0].parse::<usize>().is_ok_and(|s| s < step) && cells[1..].iter().all(|c| c.parse::<f64>().is_ok())
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: String = text.lines().skip(1).filter(complete).map(|l| format!("{l}\n")).collect();
+    write_atomically(path, format!("{HEADER}\n{kept}").as_bytes())?;
+    std::fs::OpenOptions::new().append(true).open(path).map_err(SweepError::io(path))
 }
 
-/// Trains (or resumes) and evaluates one run. `on_step` sees every step and may stop the run;
-/// `log` reports a resume.
+/// Trains (or resumes) and evaluates one run, and records how it ended in its folder:
+/// `result.json` when it finished, `failure.json` when an error (a divergence included) stopped
+/// it. An interruption records nothing (the checkpoint is the record) and is returned as the
+/// error. `on_step` sees every step and may stop the run; `log` reports a resume.
 pub fn execute(
     spec: &RunSpec,
     data: &RunData,
@@ -213,15 +270,26 @@ pub fn execute(
     device: Device,
     log: &dyn Fn(String),
     on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
-) -> Result<RunRecord> {
+) -> Result<Outcome> {
     let dir = run_dir(results_dir, &spec.run_id);
     write_atomically(&dir.join("config.toml"), config_file(spec).as_bytes())?;
-    let record = match data {
-        RunData::Lm(data) => execute_lm(spec, data, &dir, device, log, on_step)?,
-        RunData::Lra(data) => execute_lra(spec, data, &dir, device, on_step)?,
+    let _ = std::fs::remove_file(dir.join("failure.json")); // retried: the old failure no longer holds
+    let trained = match data {
+        RunData::Lm(data) => execute_lm(spec, data, &dir, device, log, on_step),
+        RunData::Lra(data) => execute_lra(spec, data, &dir, device, on_step),
     };
-    write_atomically(&dir.join("result.json"), serde_json::to_string_pretty(&record).expect("a run record serialises").as_bytes())?;
-    Ok(record)
+    match trained {
+        Ok(record) => {
+            write_atomically(&dir.join("result.json"), serde_json::to_string_pretty(&record).expect("a run record serialises").as_bytes())?;
+            Ok(Outcome::Finished(Box::new(record)))
+        }
+        Err(e) if e.is_interrupt() => Err(e),
+        Err(e) => {
+            let failure = RunFailure::new(spec, &e, device);
+            write_atomically(&dir.join("failure.json"), serde_json::to_string_pretty(&failure).expect("a failure serialises").as_bytes())?;
+            Ok(Outcome::Failed(Box::new(failure)))
+        }
+    }
 }
 
 /// A run's `config.toml`: its layer plan (1-based, as the paper counts layers), then the resolved
@@ -243,13 +311,13 @@ fn train_logging_steps(
     let mut metrics = open_metrics(path, from_step)?;
     let mut io_error = None;
     let outcome = train(&mut |m: &StepMetrics| {
-        if let Err(e) = writeln!(metrics, "{},{},{},{},{},{:.3},{:.1}", m.step, m.loss, m.lr, m.grad_norm, m.tokens_seen, m.elapsed_s, m.tokens_per_s) {
+        let line = format!("{},{},{},{},{},{:.3},{:.1}\n", m.step, m.loss, m.lr, m.grad_norm, m.tokens_seen, m.elapsed_s, m.tokens_per_s);
+        if let Err(e) = metrics.write_all(line.as_bytes()) {
             io_error = Some(e);
             return ControlFlow::Break(());
         }
         on_step(m)
     });
-    metrics.flush().map_err(SweepError::io(path))?;
     if let Some(e) = io_error {
         return Err(SweepError::io(path)(e));
     }

@@ -1,0 +1,324 @@
+//! One study of a sweep, read back from its runs: every configuration (a variant at a point) with
+//! its metric over seeds, the comparisons with the study's baselines, its charts and its section
+//! of the report.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use bst_model::EvalMetrics;
+
+use crate::grid::{axis_key, display_value, Study, Sweep};
+use crate::plot::{Band, Chart, Palette, Series, Style, XAxis};
+use crate::run::{Outcome, RunRecord};
+use crate::stats::{Comparison, Summary, ALPHA};
+
+/// A per-run test score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Test bits per byte (language models).
+    TestBpb,
+    /// Test accuracy on the answers of a synthetic task, or on the labels of a classification task.
+    AnswerAccuracy,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 2] = [Metric::TestBpb, Metric::AnswerAccuracy];
+
+    /// The value for one evaluation, if the metric applies to it.
+    pub fn of(self, m: &EvalMetrics) -> Option<f64> {
+        match self {
+            Metric::TestBpb => Some(m.bits_per_byte).filter(|v| v.is_finite()),
+            Metric::AnswerAccuracy => m.answers.as_ref().map(|a| a.accuracy),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::TestBpb => "test bits per byte",
+            Metric::AnswerAccuracy => "test accuracy",
+        }
+    }
+
+    /// Axis label, with units and direction.
+    pub fn axis(self) -> &'static str {
+        match self {
+            Metric::TestBpb => "test bits per byte (lower is better)",
+            Metric::AnswerAccuracy => "test accuracy, fraction correct (higher is better)",
+        }
+    }
+
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            Metric::TestBpb => "bpb",
+            Metric::AnswerAccuracy => "accuracy",
+        }
+    }
+
+    fn lower_is_better(self) -> bool {
+        self == Metric::TestBpb
+    }
+
+    fn decimals(self) -> usize {
+        3
+    }
+}
+
+/// One configuration of a study: a variant at a point, over its seeds.
+#[derive(Debug, Clone)]
+pub struct Cell<'a> {
+    pub variant: String,
+    /// The study's keys as this configuration has them (a variant not crossed with a key lacks it).
+    pub point: Vec<(String, String)>,
+    pub records: Vec<&'a RunRecord>,
+    /// Runs of this configuration that failed or diverged.
+    pub failures: usize,
+}
+
+impl Cell<'_> {
+    pub fn summary(&self, metric: Metric) -> Option<Summary> {
+        Summary::of(&self.records.iter().filter_map(|r| metric.of(&r.test)).collect::<Vec<_>>())
+    }
+
+    /// The same at `factor` times the training length.
+    pub fn longer_summary(&self, metric: Metric, factor: usize) -> Option<Summary> {
+        let values: Vec<f64> = self.records.iter().filter_map(|r| r.longer.iter().find(|l| l.factor == factor)).filter_map(|l| metric.of(&l.test)).collect();
+        Summary::of(&values)
+    }
+
+    fn value(&self, key: &str) -> Option<&str> {
+        self.point.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn arch(&self) -> String {
+        self.records.first().map_or_else(String::new, |r| r.arch.clone())
+    }
+
+    /// `variant key=value ...` without the key on the x axis.
+    fn label_without(&self, x: Option<&str>) -> String {
+        let others: Vec<String> = self.point.iter().filter(|(k, _)| Some(k.as_str()) != x).map(|(k, v)| format!("{k}={v}")).collect();
+        [vec![self.variant.clone()], others].concat().into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// The configurations of `study`, in the order the file lists them.
+pub fn cells<'a>(sweep: &Sweep, study: &Study, outcomes: &'a BTreeMap<String, Outcome>) -> Vec<Cell<'a>> {
+    let mut out: Vec<Cell> = Vec::new();
+    for run in &sweep.runs {
+        for m in run.memberships.iter().filter(|m| m.study == study.name) {
+            let point: Vec<(String, String)> = m.point.iter().map(|(k, v)| (k.clone(), display_value(v))).collect();
+            let i = match out.iter().position(|c| c.variant == m.variant && c.point == point) {
+                Some(i) => i,
+                None => {
+                    out.push(Cell { variant: m.variant.clone(), point, records: Vec::new(), failures: 0 });
+                    out.len() - 1
+                }
+            };
+            match outcomes.get(&run.run_id) {
+                Some(Outcome::Finished(r)) => out[i].records.push(r),
+                Some(Outcome::Failed(_)) => out[i].failures += 1,
+                None => {}
+            }
+        }
+    }
+    out
+}
+
+/// A configuration value as the plot shows it: BST layer indices numbered from 1 as the paper
+/// does (`[1]` -> `2`, `[0, 2]` -> `1,3`); `count(...)` counts a list.
+pub fn x_label(x: &str, value: &str) -> String {
+    let list = || -> Option<Vec<i64>> { toml::from_str::<toml::Table>(&format!("v = {value}")).ok()?.get("v")?.as_array()?.iter().map(|v| v.as_integer()).collect() };
+    if x.starts_with("count(") {
+        return list().map_or_else(|| value.to_string(), |l| l.len().to_string());
+    }
+    if x == "model.ssm_layers" {
+        if let Some(l) = list() {
+            return l.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(",");
+        }
+    }
+    value.to_string()
+}
+
+/// The x axis title of a study key.
+fn x_desc(x: &str) -> String {
+    match x {
+        "model.ssm_layers" => "BST layer (numbered from 1, as in the paper)".into(),
+        "count(model.ssm_layers)" => "number of BST layers".into(),
+        "ssm.state_size" => "SSM state size N".into(),
+        "attn.window" => "window W (tokens)".into(),
+        "model.context_states" => "context states S".into(),
+        other => other.into(),
+    }
+}
+
+/// A short name of a study key for prose (`BST layer 2`, `N 32`).
+fn x_short(x: &str) -> &str {
+    match x {
+        "model.ssm_layers" => "BST layer",
+        "count(model.ssm_layers)" => "BST layers:",
+        "ssm.state_size" => "N",
+        "attn.window" => "W",
+        "model.context_states" => "S",
+        other => other,
+    }
+}
+
+/// The study's chart of `metric`: numeric x as lines with ± sd bands, categories as dots with
+/// error bars, variants that do not vary along x as horizontal reference bands.
+pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) -> Option<Chart> {
+    let x = study.x.as_deref();
+    let key = x.map(axis_key);
+    let along = |c: &Cell| key.and_then(|k| c.value(k)).map(|v| x_label(x.unwrap_or(""), v));
+    let mut labels: Vec<String> = Vec::new();
+    for c in cells.iter().filter(|c| c.summary(metric).is_some()) {
+        let l = along(c).unwrap_or_else(|| c.variant.clone());
+        if along(c).is_some() && !labels.contains(&l) {
+            labels.push(l);
+        }
+    }
+    let numeric = !labels.is_empty() && labels.iter().all(|l| l.parse::<f64>().is_ok());
+    if numeric {
+        labels.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
+    }
+    let mut series: Vec<Series> = Vec::new();
+    let mut bands: Vec<Band> = Vec::new();
+    let mut palette = Palette::default();
+    for c in cells {
+        let Some(s) = c.summary(metric) else { continue };
+        let arch = c.arch();
+        let label = c.label_without(key);
+        match along(c) {
+            None if key.is_some() => bands.push(Band { color: palette.color(&arch), label, mean: s.mean, sd: s.sd }),
+            at => {
+                let pos = match (&at, numeric) {
+                    (Some(v), true) => v.parse().unwrap_or(0.0),
+                    (Some(v), false) => labels.iter().position(|l| l == v).unwrap_or(0) as f64,
+                    (None, _) => {
+                        labels.push(c.variant.clone());
+                        (labels.len() - 1) as f64
+                    }
+                };
+                match series.iter_mut().find(|se| se.label == label) {
+                    Some(se) => se.points.push((pos, s.mean, s.sd)),
+                    None => {
+                        let style = if numeric { Style::Line } else { Style::Dots };
+                        series.push(Series { label, color: palette.color(&arch), points: vec![(pos, s.mean, s.sd)], style });
+                    }
+                }
+            }
+        }
+    }
+    if series.is_empty() && bands.is_empty() {
+        return None;
+    }
+    Some(Chart {
+        title: format!("{title_prefix}{}: {} (mean ± sd over seeds)", study.name, metric.name()),
+        x_desc: x.map_or_else(|| "variant".into(), x_desc),
+        y_desc: metric.axis().into(),
+        x: if numeric { XAxis::Linear } else { XAxis::Categories(labels) },
+        log_y: false,
+        series,
+        bands,
+    })
+}
+
+/// Every comparison of a configuration with a baseline of the study, where the baseline's point
+/// agrees on the keys it has.
+pub fn comparisons<'a>(study: &Study, cells: &'a [Cell<'a>], metric: Metric) -> Vec<(&'a Cell<'a>, &'a Cell<'a>, Summary, Summary, Option<Comparison>)> {
+    let mut out = Vec::new();
+    for c in cells.iter().filter(|c| !study.baselines.contains(&c.variant)) {
+        for b in cells.iter().filter(|b| study.baselines.contains(&b.variant)) {
+            let agrees = b.point.iter().all(|(k, v)| c.value(k).is_none_or(|cv| cv == v));
+            if let (true, Some(cs), Some(bs)) = (agrees, c.summary(metric), b.summary(metric)) {
+                out.push((c, b, cs, bs, Comparison::welch(&cs, &bs)));
+            }
+        }
+    }
+    out
+}
+
+/// One comparison in words.
+fn comparison_sentence(metric: Metric, c: &Cell, b: &Cell, cs: &Summary, bs: &Summary, cmp: &Option<Comparison>, x: Option<&str>) -> String {
+    let d = metric.decimals();
+    let where_ = c.label_without(None);
+    let better = if metric.lower_is_better() { cs.mean < bs.mean } else { cs.mean > bs.mean };
+    let diff = (cs.mean - bs.mean).abs();
+    let direction = match (metric.lower_is_better(), cs.mean < bs.mean) {
+        (true, true) | (false, false) if diff > 0.0 => "lower",
+        _ if diff > 0.0 => "higher",
+        _ => "equal",
+    };
+    let x_note = x.and_then(|x| c.value(axis_key(x)).map(|v| format!(" ({} {})", x_short(x), x_label(x, v)))).unwrap_or_default();
+    let verdict = match cmp {
+        Some(t) if t.significant() => format!("**exceeds the seed spread** (Welch t = {:.2}, df = {:.1}, p = {:.3})", t.t, t.df, t.p),
+        Some(t) => format!("within the seed spread (Welch t = {:.2}, df = {:.1}, p = {:.2})", t.t, t.df, t.p),
+        None => "cannot be judged (fewer than two seeds, or no spread)".into(),
+    };
+    format!(
+        "- {where_}{x_note}: {} vs {} {}: {diff:.d$} {direction} ({}), {verdict}.",
+        cs.display(d),
+        b.label_without(None),
+        bs.display(d),
+        if better { "better" } else { "worse" }
+    )
+}
+
+/// The study's section of report.md.
+pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) -> String {
+    let mut out = format!("## Study `{}`\n\n", study.name);
+    if !study.description.is_empty() {
+        let _ = writeln!(out, "{}\n", study.description);
+    }
+    if !study.paper.is_empty() {
+        let _ = writeln!(out, "**What the paper reports** (from `bst-paper-notes.md`, with its tag): {}\n", study.paper);
+    }
+    let factors: Vec<usize> = {
+        let mut f: Vec<usize> = cells.iter().flat_map(|c| c.records.iter().flat_map(|r| r.longer.iter().map(|l| l.factor))).collect();
+        f.sort_unstable();
+        f.dedup();
+        f
+    };
+    let mut head = vec!["variant".to_string(), "layers (from 1)".to_string()];
+    head.extend(study.keys.iter().cloned());
+    head.push(format!("{} (mean ± sd, n)", metric.name()));
+    head.extend(factors.iter().map(|f| format!("at {f}x length")));
+    head.extend(["params", "train tokens/s", "failed"].map(String::from));
+    let _ = writeln!(out, "**What we measured**:\n\n| {} |\n|{}", head.join(" | "), "---|".repeat(head.len()));
+    for c in cells {
+        let mut row = vec![c.variant.clone(), c.records.first().map_or_else(String::new, |r| r.placement.clone())];
+        row.extend(study.keys.iter().map(|k| c.value(k).map_or_else(|| "—".into(), String::from)));
+        row.push(c.summary(metric).map_or_else(|| "not run yet".into(), |s| s.display(metric.decimals())));
+        row.extend(factors.iter().map(|&f| c.longer_summary(metric, f).map_or_else(String::new, |s| s.display(metric.decimals()))));
+        let mean = |f: &dyn Fn(&RunRecord) -> f64| c.records.iter().map(|r| f(r)).sum::<f64>() / c.records.len().max(1) as f64;
+        row.push(if c.records.is_empty() { String::new() } else { format!("{:.2}M", mean(&|r| r.params as f64) / 1e6) });
+        row.push(if c.records.is_empty() { String::new() } else { format!("{:.0}", mean(&|r| r.tokens_per_s)) });
+        row.push(if c.failures > 0 { c.failures.to_string() } else { String::new() });
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    let cmps = comparisons(study, cells, metric);
+    if !cmps.is_empty() {
+        let _ = writeln!(out, "\n**Against the baselines** ({}; Welch's t-test over seeds, a difference exceeds the seed spread when p < {ALPHA}; BST layers numbered from 1 as in the paper):\n", metric.axis());
+        for (c, b, cs, bs, cmp) in &cmps {
+            let _ = writeln!(out, "{}", comparison_sentence(metric, c, b, cs, bs, cmp, study.x.as_deref()));
+        }
+        let significant = cmps.iter().filter(|x| x.4.is_some_and(|t| t.significant())).count();
+        let _ = writeln!(out, "\n{significant} of {} differences exceed the seed spread.", cmps.len());
+    }
+    for p in plots {
+        let _ = writeln!(out, "\n![{}]({p})", study.name);
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_indices_are_shown_as_the_paper_counts() {
+        assert_eq!(x_label("model.ssm_layers", "[1]"), "2");
+        assert_eq!(x_label("model.ssm_layers", "[0, 2]"), "1,3");
+        assert_eq!(x_label("count(model.ssm_layers)", "[0, 2, 3]"), "3");
+        assert_eq!(x_label("attn.window", "32"), "32");
+    }
+}
