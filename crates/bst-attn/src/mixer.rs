@@ -91,6 +91,13 @@ pub trait Mixer: std::fmt::Debug {
     fn forward(&self, xs: &Tensor, state: &mut MixerState, train: bool) -> Tensor;
 }
 
+/// An SSM sublayer alone (one bank, output as wide as its input), restarting at every call.
+impl Mixer for bst_ssm::SsmSublayer {
+    fn forward(&self, xs: &Tensor, _state: &mut MixerState, train: bool) -> Tensor {
+        self.forward_t(xs, train).squeeze_dim(2)
+    }
+}
+
 impl Mixer for bst_ssm::GssLayer {
     fn forward(&self, xs: &Tensor, _state: &mut MixerState, train: bool) -> Tensor {
         self.forward_t(xs, train)

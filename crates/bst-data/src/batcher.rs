@@ -60,7 +60,8 @@ pub struct Batch {
     pub targets: Tensor,
     /// `[batch]` bool: rows whose window starts a new document (sequential sampling only).
     pub reset: Option<Tensor>,
-    /// Targets that are not padding.
+    /// Positions that are not padding (the work done; with an answers-only loss, more than the
+    /// targets scored).
     pub tokens: usize,
 }
 
@@ -106,6 +107,10 @@ struct RowCursor {
 pub struct SequentialSampler {
     rows: Vec<RowCursor>,
     seq: usize,
+    /// Only answer tokens are targets (the others are [`IGNORE`]): a synthetic task's loss on its
+    /// answers alone.
+    #[serde(default)]
+    answers_only: bool,
 }
 
 impl SequentialSampler {
@@ -134,7 +139,13 @@ impl SequentialSampler {
                 RowCursor { pos: mine[0].0, docs: mine, doc: 0 }
             })
             .collect();
-        Ok(Self { rows, seq })
+        Ok(Self { rows, seq, answers_only: false })
+    }
+
+    /// Only answer tokens are targets (see [`TokenStream::with_answers`]).
+    pub fn answers_only(mut self) -> Self {
+        self.answers_only = true;
+        self
     }
 
     /// Next batch: each row's next window, padded at the end of its document.
@@ -145,12 +156,14 @@ impl SequentialSampler {
         for row in &mut self.rows {
             let (start, end) = row.docs[row.doc];
             reset.push(row.pos == start);
+            tokens += (end - row.pos - 1).min(seq);
             for i in 0..seq {
                 let at = row.pos + i;
                 inputs.push(if at < end { i64::from(stream.get(at)) } else { 0 });
-                targets.push(if at + 1 < end { i64::from(stream.get(at + 1)) } else { IGNORE });
+                let scored = at + 1 < end && (!self.answers_only || stream.is_answer(at + 1));
+                targets.push(if scored { i64::from(stream.get(at + 1)) } else { IGNORE });
             }
-            tokens += (end - row.pos - 1).min(seq);
+
             row.pos += seq;
             if row.pos + 1 >= end {
                 row.doc = (row.doc + 1) % row.docs.len();
@@ -171,11 +184,18 @@ pub enum Sampler {
 }
 
 impl Sampler {
-    /// A sampler of `sampling` (`Auto` must have been resolved by the caller, who knows the model).
-    pub fn new(sampling: Sampling, seed: u64, batch_size: usize, seq: usize, stream: &TokenStream) -> Result<Self, DataError> {
+    /// A sampler of `sampling` (`Auto` must have been resolved by the caller, who knows the model);
+    /// `answers_only` scores only the answers of a synthetic task (sequential sampling only).
+    pub fn new(sampling: Sampling, seed: u64, batch_size: usize, seq: usize, stream: &TokenStream, answers_only: bool) -> Result<Self, DataError> {
         match sampling {
-            Sampling::Random => Ok(Sampler::Random(Batcher::new(seed, batch_size, seq))),
-            Sampling::Sequential => Ok(Sampler::Sequential(SequentialSampler::new(seed, batch_size, seq, stream)?)),
+            Sampling::Random => {
+                assert!(!answers_only, "an answers-only loss needs sequential sampling (checked by the run's validation)");
+                Ok(Sampler::Random(Batcher::new(seed, batch_size, seq)))
+            }
+            Sampling::Sequential => {
+                let s = SequentialSampler::new(seed, batch_size, seq, stream)?;
+                Ok(Sampler::Sequential(if answers_only { s.answers_only() } else { s }))
+            }
             Sampling::Auto => panic!("data.sampling = \"auto\" must be resolved against the model before sampling"),
         }
     }
@@ -211,7 +231,9 @@ impl<'a> EvalWindows<'a> {
         let too_short = || DataError::TooShort { split: "evaluation".into(), tokens: stream.len(), needed: seq as usize + 1 };
         let cap = if max_tokens == 0 { n } else { (max_tokens as i64).min(n) };
         let rows = (rows as i64).min(cap / seq).max(1);
-        let row_len = n / rows;
+        // whole windows per row, so that every window starts at a multiple of seq (episodic data
+        // such as MQAR has one example per seq tokens)
+        let row_len = n / rows / seq * seq;
         let windows = (row_len / seq).min(cap / (rows * seq));
         if windows == 0 {
             return Err(too_short());
@@ -232,7 +254,8 @@ pub struct EvalBatch {
     pub inputs: Tensor,
     /// `[rows, seq]` int64: the next token of every input position.
     pub targets: Tensor,
-    /// `[rows, seq]` bool: which targets are answers of a synthetic long-range task (if any).
+    /// `[rows, seq]` int64: for targets that are answers of a synthetic long-range task, how far
+    /// back their source lies; 0 elsewhere (absent for data without answers).
     pub answers: Option<Tensor>,
 }
 
@@ -293,13 +316,14 @@ mod tests {
     }
 
     #[test]
-    fn eval_answer_flags_follow_their_targets() {
-        // every 5th token is an answer; targets are inputs shifted by one, and so must be the flags
-        let s = stream(103).with_answers((0..103).map(|i| i % 5 == 0).collect());
+    fn eval_answer_distances_follow_their_targets() {
+        // every 5th token is an answer (distance 7); targets are inputs shifted by one, and so
+        // must be the answers
+        let s = stream(103).with_answers((0..103).map(|i| if i % 5 == 0 { 7 } else { 0 }).collect());
         for b in EvalWindows::new(&s, 10, 3, 0).unwrap() {
-            let flags = b.answers.expect("the stream has answers");
-            let expected = b.targets.remainder(5).eq(0);
-            assert!(flags.equal(&expected));
+            let distance = b.answers.expect("the stream has answers");
+            let expected = b.targets.remainder(5).eq(0).to_kind(tch::Kind::Int64) * 7;
+            assert!(distance.equal(&expected));
         }
     }
 
@@ -328,7 +352,7 @@ mod tests {
                 }
                 windows.push((r, xr[0], reset[r]));
             }
-            assert_eq!(b.tokens, y.iter().filter(|&&t| t != IGNORE).count());
+            assert_eq!(b.tokens, y.iter().filter(|&&t| t != IGNORE).count(), "without answers_only every real position is a target");
         }
         // row of document [10,13): window 10..13 padded, reset; then its next document restarts
         let doc_b = windows.iter().find(|w| w.1 == 10).expect("document [10,13) is read");

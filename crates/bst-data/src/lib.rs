@@ -11,7 +11,7 @@ pub mod lra; // Long Range Arena-style tasks: ListOps, Text, Image, Pathfinder, 
 pub mod prepare; // corpus -> tokenizer -> cached shards, the entry point of training runs
 pub mod shard; // memory-mapped token shards with header and checksum; the TokenStream view
 pub mod stats; // DataStats: documents, bytes, tokens per split, cleaning, unigram baselines
-pub mod synthetic; // long-range LM streams (associative recall, copy after delay) beyond 2W
+pub mod synthetic; // long-range LM streams (associative recall, copy after delay) and MQAR examples, answers with their distances
 pub mod tokenizer; // the Tokenizer trait, the byte tokenizer and a trained byte-level BPE
 pub mod unigram; // unigram entropy: the no-context baseline a language model must beat
 

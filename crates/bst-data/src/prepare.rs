@@ -143,8 +143,8 @@ impl PreparedData {
         let mut bytes = Vec::new();
         for name in SplitName::ALL {
             let s = SyntheticStream::generate(&task, name)?;
-            splits.push(SplitStats { split: name.to_string(), documents: 1, bytes: s.len(), tokens: s.len() });
-            streams.push(TokenStream::from_bytes(&s.bytes).with_answers(s.answer_mask));
+            splits.push(SplitStats { split: name.to_string(), documents: s.doc_starts.len(), bytes: s.len(), tokens: s.len() });
+            streams.push(TokenStream::from_bytes(&s.bytes).with_answers(s.answer_distance).with_doc_starts(s.doc_starts));
             bytes.push(s.bytes);
         }
         let stats = DataStats {

@@ -169,8 +169,9 @@ pub struct TokenStream {
     token_bytes: Arc<Vec<u32>>,
     /// Where each document starts (memory streams; shards store their own).
     doc_starts: Vec<usize>,
-    /// Which tokens are the answers of a synthetic long-range task (scored on their own).
-    answers: Option<Vec<bool>>,
+    /// The answers of a synthetic long-range task (scored on their own): for each token, how far
+    /// back the information that predicts it lies (0: not an answer).
+    answers: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for TokenStream {
@@ -220,11 +221,17 @@ impl TokenStream {
         lengths.sum(Kind::Int64).int64_value(&[]) as f64
     }
 
-    /// Marks the answer tokens of a synthetic task (`mask[i]`: token i is an answer).
-    pub fn with_answers(mut self, mask: Vec<bool>) -> Self {
-        assert_eq!(mask.len(), self.len(), "one answer flag per token");
-        self.answers = Some(mask);
+    /// Marks the answer tokens of a synthetic task: `distance[i] > 0` makes token i an answer
+    /// whose source lies `distance[i]` tokens back.
+    pub fn with_answers(mut self, distance: Vec<u32>) -> Self {
+        assert_eq!(distance.len(), self.len(), "one answer distance per token");
+        self.answers = Some(distance);
         self
+    }
+
+    /// Whether token `i` is an answer.
+    pub fn is_answer(&self, i: usize) -> bool {
+        self.answers.as_ref().is_some_and(|a| a[i] > 0)
     }
 
     /// Whether this stream has answer tokens to score separately.
@@ -232,11 +239,12 @@ impl TokenStream {
         self.answers.is_some()
     }
 
-    /// Answer flags of the same windows as [`Self::windows`]: `[starts.len(), len]` bool.
+    /// Answer distances of the same windows as [`Self::windows`]: `[starts.len(), len]` int64
+    /// (0: not an answer).
     pub fn answer_windows(&self, starts: &[usize], len: usize) -> Option<Tensor> {
-        let mask = self.answers.as_ref()?;
-        let flags: Vec<bool> = starts.iter().flat_map(|&s| mask[s..s + len].iter().copied()).collect();
-        Some(Tensor::from_slice(&flags).view([starts.len() as i64, len as i64]))
+        let distance = self.answers.as_ref()?;
+        let d: Vec<i64> = starts.iter().flat_map(|&s| distance[s..s + len].iter().map(|&d| i64::from(d))).collect();
+        Some(Tensor::from_slice(&d).view([starts.len() as i64, len as i64]))
     }
 
     /// A stream reading a memory-mapped shard; `token_bytes[id]` is the length of token `id`.

@@ -18,6 +18,12 @@
 //!   most once, so nothing within `min_distance` bytes of an answer mentions its key.
 //! - `copy_delay` (copy after a delay): `copy <string>`, filler, `paste <string>`; the answers
 //!   are the pasted bytes.
+//! - `mqar` (multi-query associative recall as Zoology makes it learnable, Arora et al. 2023):
+//!   independent examples of exactly `example_len` bytes (one training window each), each
+//!   `n_pairs` key-value bindings at the start (one byte each: keys from A-Z, values from 0-9a-z,
+//!   disjoint), filler `.` elsewhere, and `n_queries` of the keys asked again further on (each key
+//!   at most once), the value after each query the answer, its binding `min_distance` to
+//!   `max_distance` bytes back. With `answers_only` the loss is on the answers alone.
 //!
 //! Values and copied strings are drawn uniformly and independently of everything else, so the
 //! last `min_distance` bytes carry no information about an answer byte beyond the answer's own
@@ -43,6 +49,8 @@ pub enum SyntheticTask {
     AssocRecall,
     /// A random string, then filler, then the string again.
     CopyDelay,
+    /// Independent fixed-length examples: bindings at the start, queries further on.
+    Mqar,
 }
 
 /// The `[synthetic]` table.
@@ -73,6 +81,13 @@ pub struct SyntheticConfig {
     pub copy_len: usize,
     /// Seed (each split uses its own random stream of it).
     pub seed: u64,
+    /// `mqar`: bytes per example; must equal `train.seq_len` (one example per window).
+    pub example_len: usize,
+    /// `mqar`: the farthest a query's binding may lie back (0: as far as the example allows).
+    pub max_distance: usize,
+    /// Train on the answers alone (every other target ignored), as MQAR needs to be learnable;
+    /// `mqar` requires it.
+    pub answers_only: bool,
 }
 
 impl Default for SyntheticConfig {
@@ -91,6 +106,9 @@ impl Default for SyntheticConfig {
             value_alphabet: 10,
             copy_len: 32,
             seed: 0,
+            example_len: 256,
+            max_distance: 0,
+            answers_only: false,
         }
     }
 }
@@ -117,6 +135,9 @@ impl SyntheticConfig {
         ];
         if let Some((key, v)) = positive.into_iter().find(|&(_, v)| v == 0) {
             return Err(invalid(key, v, "must be at least 1"));
+        }
+        if self.task == SyntheticTask::Mqar {
+            return self.validate_mqar();
         }
         if !(2..=KEY_SYMBOLS.len()).contains(&self.key_alphabet) {
             return Err(invalid("data.synthetic.key_alphabet", self.key_alphabet, "must be in 2..=26 (letters A-Z)"));
@@ -149,6 +170,50 @@ impl SyntheticConfig {
         Ok(())
     }
 
+    /// `mqar`: one-byte keys and values from disjoint alphabets, queries that fit the example.
+    fn validate_mqar(&self) -> Result<(), DataError> {
+        if self.key_len != 1 || self.value_len != 1 {
+            return Err(invalid("data.synthetic.key_len", self.key_len, "mqar uses one-byte keys and values (key_len = value_len = 1)"));
+        }
+        if self.n_pairs > self.key_alphabet {
+            return Err(invalid("data.synthetic.n_pairs", self.n_pairs, format!("mqar binds distinct one-byte keys: at most key_alphabet = {}", self.key_alphabet)));
+        }
+        if !self.answers_only {
+            return Err(invalid("data.synthetic.answers_only", false, "mqar is trained on its answers alone (Zoology): set answers_only = true"));
+        }
+        // every key (bound at 2i) needs a query slot q, 2n <= q <= example_len - 2, at distance
+        // q - 2i in min_distance..=farthest
+        let (n, far) = (self.n_pairs, self.farthest());
+        let fits = |i: usize| (2 * n).max(2 * i + self.min_distance) <= (self.example_len.saturating_sub(2)).min(2 * i + far);
+        if let Some(i) = (0..n).find(|&i| !fits(i)) {
+            return Err(invalid(
+                "data.synthetic.min_distance",
+                self.min_distance,
+                format!("the queries must fit: key {i} is bound at byte {}, the bindings end at byte {}, example_len = {}, distances {}..={far}", 2 * i, 2 * n, self.example_len, self.min_distance),
+            ));
+        }
+        if self.example_len < 2 * n + 2 * self.n_queries + 2 {
+            return Err(invalid("data.synthetic.example_len", self.example_len, format!("too short for {n} bindings and {} queries", self.n_queries)));
+        }
+        for (key, v) in [("data.synthetic.train_bytes", self.train_bytes), ("data.synthetic.eval_bytes", self.eval_bytes)] {
+            if v < self.example_len {
+                return Err(invalid(key, v, format!("must hold at least one example ({} bytes)", self.example_len)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `mqar`: the largest distance a query can have.
+    fn farthest(&self) -> usize {
+        let cap = self.example_len.saturating_sub(2);
+        if self.max_distance == 0 { cap } else { self.max_distance.min(cap) }
+    }
+
+    /// Whether the stream is a sequence of independent fixed-length examples (one per window).
+    pub fn is_episodic(&self) -> bool {
+        self.task == SyntheticTask::Mqar
+    }
+
     /// Longest filler: a little over `min_distance`, jittered so episodes do not line up with
     /// fixed windows.
     fn max_filler_len(&self) -> usize {
@@ -160,6 +225,7 @@ impl SyntheticConfig {
         let body = match self.task {
             SyntheticTask::AssocRecall => (self.n_pairs + self.n_queries) * (self.key_len + self.value_len + 2) + 10,
             SyntheticTask::CopyDelay => 2 * self.copy_len + 14,
+            SyntheticTask::Mqar => return self.example_len,
         };
         body + self.max_filler_len()
     }
@@ -175,8 +241,12 @@ impl SyntheticConfig {
 pub struct SyntheticStream {
     /// Printable ASCII text (lines separated by `\n`).
     pub bytes: Vec<u8>,
-    /// `answer_mask[i]`: byte `i` is an answer, predictable only from more than `min_distance` bytes back.
-    pub answer_mask: Vec<bool>,
+    /// `answer_distance[i] > 0`: byte `i` is an answer, predictable only from the byte that far
+    /// back (and not from the `min_distance` bytes before it); 0 for every other byte.
+    pub answer_distance: Vec<u32>,
+    /// Where each document starts (episodes of the byte tasks form one document; each `mqar`
+    /// example is one).
+    pub doc_starts: Vec<usize>,
 }
 
 /// Writes text into a stream, marking answers.
@@ -187,12 +257,18 @@ struct Writer<'a> {
 impl Writer<'_> {
     fn text(&mut self, bytes: &[u8]) {
         self.stream.bytes.extend_from_slice(bytes);
-        self.stream.answer_mask.extend(std::iter::repeat_n(false, bytes.len()));
+        self.stream.answer_distance.extend(std::iter::repeat_n(0, bytes.len()));
     }
 
-    fn answer(&mut self, bytes: &[u8]) {
+    /// Answer bytes copied from the bytes at `source` (a position in the stream).
+    fn answer(&mut self, bytes: &[u8], source: usize) {
+        let distance = (self.stream.bytes.len() - source) as u32;
         self.stream.bytes.extend_from_slice(bytes);
-        self.stream.answer_mask.extend(std::iter::repeat_n(true, bytes.len()));
+        self.stream.answer_distance.extend(std::iter::repeat_n(distance, bytes.len()));
+    }
+
+    fn len(&self) -> usize {
+        self.stream.bytes.len()
     }
 }
 
@@ -225,8 +301,11 @@ fn assoc_recall_episode(rng: &mut ChaCha8Rng, cfg: &SyntheticConfig, w: &mut Wri
         }
     }
     w.text(b"keys");
+    let mut value_at = Vec::with_capacity(pairs.len());
     for (key, value) in &pairs {
-        w.text(&[b" ", key.as_slice(), b"=", value.as_slice()].concat());
+        w.text(&[b" ", key.as_slice(), b"="].concat());
+        value_at.push(w.len());
+        w.text(value);
     }
     w.text(b"\n");
     filler(rng, cfg, w);
@@ -234,18 +313,57 @@ fn assoc_recall_episode(rng: &mut ChaCha8Rng, cfg: &SyntheticConfig, w: &mut Wri
     for i in sample(rng, cfg.n_pairs, cfg.n_queries) {
         let (key, value) = &pairs[i];
         w.text(&[b" ", key.as_slice(), b"="].concat());
-        w.answer(value);
+        w.answer(value, value_at[i]);
     }
     w.text(b"\n");
 }
 
 fn copy_delay_episode(rng: &mut ChaCha8Rng, cfg: &SyntheticConfig, w: &mut Writer) {
     let string = symbols(rng, &VALUE_SYMBOLS[..cfg.value_alphabet], cfg.copy_len);
-    w.text(&[b"copy ", string.as_slice(), b"\n"].concat());
+    w.text(b"copy ");
+    let source = w.len();
+    w.text(&[string.as_slice(), b"\n"].concat());
     filler(rng, cfg, w);
     w.text(b"paste ");
-    w.answer(&string);
+    w.answer(&string, source);
     w.text(b"\n");
+}
+
+/// The filler byte of `mqar` examples.
+pub const MQAR_FILLER: u8 = b'.';
+
+/// One `mqar` example of exactly `example_len` bytes: `n_pairs` bindings `k v` at the start, then
+/// `n_queries` of the keys again at positions drawn so that each answer's binding lies
+/// `min_distance..=max_distance` back; filler everywhere else.
+fn mqar_example(rng: &mut ChaCha8Rng, cfg: &SyntheticConfig, w: &mut Writer) -> Result<(), DataError> {
+    let start = w.len();
+    let (n, len) = (cfg.n_pairs, cfg.example_len);
+    let keys: Vec<u8> = sample(rng, cfg.key_alphabet, n).into_iter().map(|i| KEY_SYMBOLS[i]).collect();
+    let values: Vec<u8> = (0..n).map(|_| VALUE_SYMBOLS[rng.random_range(0..cfg.value_alphabet)]).collect();
+    let mut example = vec![MQAR_FILLER; len];
+    let mut distance = vec![0u32; len];
+    for i in 0..n {
+        (example[2 * i], example[2 * i + 1]) = (keys[i], values[i]);
+    }
+    // the most constrained keys (bound first, so their ranges end first) are placed first, each at
+    // a position drawn uniformly from the slots still free in its range
+    let mut asked = sample(rng, n, cfg.n_queries).into_vec();
+    asked.sort_unstable();
+    for i in asked {
+        // the query key at q, its answer at q + 1, bound at 2i + 1: distance q - 2i
+        let (lo, hi) = ((2 * n).max(2 * i + cfg.min_distance), (len - 2).min(2 * i + cfg.farthest()));
+        let free: Vec<usize> = (lo..=hi).filter(|&q| example[q - 1] == MQAR_FILLER && example[q] == MQAR_FILLER && example[q + 1] == MQAR_FILLER).collect();
+        if free.is_empty() {
+            return Err(invalid("data.synthetic.n_queries", cfg.n_queries, "the queries do not fit the example at these distances: fewer queries, wider distances or a longer example_len"));
+        }
+        let q = free[rng.random_range(0..free.len())];
+        (example[q], example[q + 1]) = (keys[i], values[i]);
+        distance[q + 1] = (q - 2 * i) as u32;
+    }
+    w.stream.bytes.extend_from_slice(&example);
+    w.stream.answer_distance.extend_from_slice(&distance);
+    w.stream.doc_starts.push(start);
+    Ok(())
 }
 
 impl SyntheticStream {
@@ -258,7 +376,10 @@ impl SyntheticStream {
             SplitName::Test => (cfg.eval_bytes, 2),
         };
         let mut rng = stream_rng(cfg.seed, stream);
-        let mut out = Self { bytes: Vec::with_capacity(budget), answer_mask: Vec::with_capacity(budget) };
+        let mut out = Self { bytes: Vec::with_capacity(budget), answer_distance: Vec::with_capacity(budget), doc_starts: Vec::new() };
+        if !cfg.is_episodic() {
+            out.doc_starts.push(0);
+        }
         // an episode is at most max_episode_len bytes, so stopping when one might not fit
         // keeps the stream within budget
         while out.bytes.len() + cfg.max_episode_len() <= budget {
@@ -266,6 +387,7 @@ impl SyntheticStream {
             match cfg.task {
                 SyntheticTask::AssocRecall => assoc_recall_episode(&mut rng, cfg, &mut w),
                 SyntheticTask::CopyDelay => copy_delay_episode(&mut rng, cfg, &mut w),
+                SyntheticTask::Mqar => mqar_example(&mut rng, cfg, &mut w)?,
             }
         }
         Ok(out)
@@ -281,7 +403,12 @@ impl SyntheticStream {
 
     /// Number of answer bytes.
     pub fn answers(&self) -> usize {
-        self.answer_mask.iter().filter(|&&a| a).count()
+        self.answer_distance.iter().filter(|&&d| d > 0).count()
+    }
+
+    /// `answer_mask()[i]`: byte `i` is an answer.
+    pub fn answer_mask(&self) -> Vec<bool> {
+        self.answer_distance.iter().map(|&d| d > 0).collect()
     }
 
     /// The stream as one document (for the corpus and tokenizer code).
@@ -291,7 +418,7 @@ impl SyntheticStream {
 
     /// `[len]` bool: the answer mask, aligned with the byte tokens.
     pub fn mask_tensor(&self) -> Tensor {
-        Tensor::from_slice(&self.answer_mask)
+        Tensor::from_slice(&self.answer_mask())
     }
 }
 
@@ -325,10 +452,11 @@ mod tests {
         let cfg = small(SyntheticTask::AssocRecall);
         let s = SyntheticStream::generate(&cfg, SplitName::Train).unwrap();
         let d = cfg.min_distance;
-        assert_eq!(s.answer_mask.len(), s.bytes.len());
+        assert_eq!(s.answer_distance.len(), s.bytes.len());
         assert!(s.bytes.iter().all(|&b| b == b'\n' || (b' '..=b'~').contains(&b)), "printable ASCII");
         let mut bindings: HashMap<Vec<u8>, (Vec<u8>, usize)> = HashMap::new();
         let mut expected_mask = vec![false; s.len()];
+        let mut expected_distance = vec![0u32; s.len()];
         let mut offset = 0;
         let (mut asked, mut bound) = (0, 0);
         for line in s.bytes.split_inclusive(|&b| b == b'\n') {
@@ -351,6 +479,7 @@ mod tests {
                             for k in 0..value.len() {
                                 let i = value_at + k;
                                 expected_mask[i] = true;
+                                expected_distance[i] = (i - (bound_at + k)) as u32;
                                 assert!(i - (bound_at + k) > d, "binding only {} bytes back", i - bound_at - k);
                                 let mention = [key, b"="].concat();
                                 assert!(!occurs(&s.bytes, i - d, at, &mention), "key mentioned within the window");
@@ -364,7 +493,8 @@ mod tests {
             }
             offset += line.len();
         }
-        assert_eq!(s.answer_mask, expected_mask, "mask = exactly the asked values");
+        assert_eq!(s.answer_mask(), expected_mask, "mask = exactly the asked values");
+        assert_eq!(s.answer_distance, expected_distance, "each answer's distance is to its binding");
         assert_eq!(asked * cfg.n_pairs, bound * cfg.n_queries, "n_queries of every n_pairs bindings are asked");
         assert!(asked > 100 && s.len() <= cfg.train_bytes && s.len() > cfg.train_bytes - cfg.max_episode_len());
         assert_eq!(s.answers(), asked * cfg.value_len);
@@ -395,7 +525,7 @@ mod tests {
             }
             offset += line.len();
         }
-        assert_eq!(s.answer_mask, expected_mask);
+        assert_eq!(s.answer_mask(), expected_mask);
         assert!(s.answers() >= 20 * cfg.copy_len);
     }
 
@@ -417,7 +547,7 @@ mod tests {
         let cfg = SyntheticConfig { train_bytes: 200_000, ..small(SyntheticTask::AssocRecall) };
         let s = SyntheticStream::generate(&cfg, SplitName::Train).unwrap();
         let mut counts = [0usize; 10];
-        s.bytes.iter().zip(&s.answer_mask).filter(|(_, &m)| m).for_each(|(&b, _)| counts[(b - b'0') as usize] += 1);
+        s.bytes.iter().zip(&s.answer_mask()).filter(|(_, &m)| m).for_each(|(&b, _)| counts[(b - b'0') as usize] += 1);
         let mean = s.answers() as f64 / 10.0;
         assert!(counts.iter().all(|&c| (c as f64 - mean).abs() < 0.2 * mean), "{counts:?}");
         assert!((cfg.chance_accuracy() - 0.1).abs() < 1e-12);
@@ -431,8 +561,7 @@ mod tests {
         for task in [SyntheticTask::AssocRecall, SyntheticTask::CopyDelay] {
             let cfg = SyntheticConfig { task, ..SyntheticConfig::default() };
             let s = SyntheticStream::generate(&cfg, SplitName::Train).unwrap();
-            let marked: String =
-                s.bytes.iter().zip(&s.answer_mask).map(|(&b, &m)| if m { '^' } else { b as char }).collect();
+            let marked: String = s.bytes.iter().zip(&s.answer_mask()).map(|(&b, &m)| if m { '^' } else { b as char }).collect();
             println!(
                 "{task:?}: {} bytes, {} answers ({:.2}%)",
                 s.len(),
@@ -443,8 +572,68 @@ mod tests {
         }
     }
 
+    fn mqar(n_pairs: usize, min_distance: usize, max_distance: usize) -> SyntheticConfig {
+        let task = SyntheticTask::Mqar;
+        SyntheticConfig { task, n_pairs, n_queries: n_pairs, key_len: 1, value_len: 1, example_len: 128, min_distance, max_distance, answers_only: true, train_bytes: 128 * 200, eval_bytes: 128 * 20, value_alphabet: 36, seed: 9, ..SyntheticConfig::default() }
+    }
+
+    /// MQAR examples: fixed length, one document each; keys, values and filler from disjoint
+    /// vocabularies; every key bound once and asked at most once, at the configured distance.
+    #[test]
+    fn mqar_examples_have_disjoint_vocabularies_and_the_configured_gaps() {
+        for (pairs, lo, hi) in [(1, 64, 0), (4, 64, 100), (8, 2, 31)] {
+            let cfg = mqar(pairs, lo, hi);
+            let s = SyntheticStream::generate(&cfg, SplitName::Train).unwrap();
+            assert_eq!(s.len(), 200 * 128);
+            assert_eq!(s.doc_starts, (0..200).map(|i| i * 128).collect::<Vec<_>>());
+            for ex in 0..200 {
+                let e = &s.bytes[ex * 128..(ex + 1) * 128];
+                let d = &s.answer_distance[ex * 128..(ex + 1) * 128];
+                let (keys, values): (Vec<u8>, Vec<u8>) = (0..pairs).map(|i| (e[2 * i], e[2 * i + 1])).unzip();
+                assert!(keys.iter().all(u8::is_ascii_uppercase) && values.iter().all(|v| v.is_ascii_digit() || v.is_ascii_lowercase()));
+                let mut unique = keys.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                assert_eq!(unique.len(), pairs, "keys are unique in an example");
+                assert!(e[2 * pairs..].iter().all(|&b| b == MQAR_FILLER || keys.contains(&b) || values.contains(&b)));
+                let answers: Vec<usize> = (0..128).filter(|&i| d[i] > 0).collect();
+                assert_eq!(answers.len(), pairs, "every key asked once");
+                for &a in &answers {
+                    let i = keys.iter().position(|&k| k == e[a - 1]).expect("a query is a bound key");
+                    assert_eq!(e[a], values[i], "the answer is the bound value");
+                    assert_eq!(d[a] as usize, a - (2 * i + 1), "distance to the binding");
+                    let far = if hi == 0 { 126 } else { hi };
+                    assert!((lo..=far).contains(&(d[a] as usize)), "distance {} outside {lo}..={far}", d[a]);
+                }
+            }
+        }
+    }
+
+    /// A hand-written lookup (remember every binding, answer each query from it) solves every
+    /// answer; chance is 1/36.
+    #[test]
+    fn a_lookup_solves_mqar_exactly() {
+        let cfg = mqar(8, 40, 0);
+        let s = SyntheticStream::generate(&cfg, SplitName::Test).unwrap();
+        let mut correct = 0;
+        for ex in s.bytes.chunks(128) {
+            let table: HashMap<u8, u8> = (0..8).map(|i| (ex[2 * i], ex[2 * i + 1])).collect();
+            for i in 16..127 {
+                if let Some(&v) = table.get(&ex[i]) {
+                    correct += usize::from(ex[i + 1] == v);
+                }
+            }
+        }
+        assert_eq!(correct, s.answers());
+        assert!((cfg.chance_accuracy() - 1.0 / 36.0).abs() < 1e-12);
+    }
+
     #[test]
     fn bad_settings_name_the_key() {
+        let err = SyntheticConfig { answers_only: false, ..mqar(4, 8, 0) }.validate().unwrap_err().to_string();
+        assert!(err.contains("data.synthetic.answers_only"), "{err}");
+        let err = mqar(8, 120, 0).validate().unwrap_err().to_string();
+        assert!(err.contains("data.synthetic.min_distance") && err.contains("fit"), "{err}");
         let cfg = SyntheticConfig { n_queries: 20, ..SyntheticConfig::default() };
         assert!(SyntheticStream::generate(&cfg, SplitName::Train)
             .unwrap_err()

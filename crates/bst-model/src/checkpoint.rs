@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use bst_core::fs::sync_dir;
 use bst_core::sha256_file;
+use bst_data::lra::LraSampler;
 use bst_data::Sampler;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
@@ -25,8 +26,19 @@ use tch::{nn, Tensor};
 use crate::optimizer::AdamW;
 use crate::{ModelError, RunConfig};
 
-/// 3: the sampler (random or sequential) instead of the random batcher, and the carried state.
-const FORMAT: u32 = 3;
+/// 4: the sampler of a language model (random or sequential) or of a classification task, and
+/// the carried state.
+const FORMAT: u32 = 4;
+
+/// The training sampler's position.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerState {
+    /// A language model's windows.
+    Lm(Sampler),
+    /// A classification task's shuffled examples.
+    Lra(LraSampler),
+}
 
 /// Where training stands: what a checkpoint restores besides the tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,7 +48,7 @@ pub struct Progress {
     pub tokens_seen: usize,
     /// Training wall time before this checkpoint.
     pub elapsed_s: f64,
-    pub sampler: Sampler,
+    pub sampler: SamplerState,
 }
 
 /// `state.json`: the progress, the format and the checksums of the tensor files.

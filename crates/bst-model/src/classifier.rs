@@ -9,7 +9,7 @@
 //! LRA dual encoder). The backbone keeps its (unused) next-token head, so parameter counts include it.
 
 use std::ops::ControlFlow;
-use std::time::Instant;
+use std::path::Path;
 
 use bst_data::lra::{LraBatch, LraDataset, LraSampler, Padded};
 use bst_data::SplitName;
@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::checkpoint::{self, Progress, SamplerState};
 use crate::optimizer::AdamW;
-use crate::train::optimizer_step;
+use crate::train::{optimizer_step, run_steps, Position, StepDone, Steps};
 use crate::{Autocast, LanguageModel, ModelError, RunConfig, StepMetrics, TrainOutcome};
 
 /// A backbone with a classification head.
@@ -98,33 +99,73 @@ pub struct ClassifyMetrics {
     pub accuracy: f64,
 }
 
-/// Trains `model` on `data.train` for `train.steps` steps (AdamW, warmup + cosine, clipping,
-/// accumulation and precision as for language models). `on_step` sees each step (tokens count
-/// padded positions: the work done) and may stop the run, which returns `Interrupted`; there is
-/// no mid-run checkpoint, so an interrupted classification run starts again.
-pub fn train_classifier(model: &Classifier, vs: &nn::VarStore, run: &RunConfig, data: &LraDataset, mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<TrainOutcome, ModelError> {
-    let t = &run.train;
-    let device = vs.device();
-    let mut opt = AdamW::new(vs, t.beta1, t.beta2, run.ssm.lr_scale);
-    let mut sampler = LraSampler::new(run.seed, t.batch_size);
-    let start = Instant::now();
-    let (mut tokens_seen, mut last_loss) = (0, f64::NAN);
-    for step in 0..t.steps {
-        let done = optimizer_step(&mut opt, run, device, step, "the classification loss", || {
-            let batch = sampler.next_batch(data)?;
-            let tokens = batch.size() * t.seq_len * if batch.pair.is_some() { 2 } else { 1 };
-            Ok((model.loss_and_correct(&batch, device, true).0, tokens))
-        })?;
-        tokens_seen += done.tokens;
-        last_loss = done.loss;
-        let elapsed_s = start.elapsed().as_secs_f64();
-        let m = StepMetrics { step, loss: done.loss, lr: done.lr, grad_norm: done.grad_norm, tokens_seen, elapsed_s, tokens_per_s: tokens_seen as f64 / elapsed_s };
-        if on_step(&m).is_break() {
-            return Err(ModelError::Interrupted { step });
-        }
+/// A classification training run in progress, resumable from checkpoints like a language
+/// model's: the same optimiser, schedule, clipping, accumulation and precision; tokens count padded
+/// positions (the work done).
+pub struct ClassifierTrainer<'a> {
+    model: &'a Classifier,
+    vs: &'a nn::VarStore,
+    run: &'a RunConfig,
+    data: &'a LraDataset,
+    opt: AdamW,
+    sampler: LraSampler,
+    pos: Position,
+}
+
+impl<'a> ClassifierTrainer<'a> {
+    pub fn new(model: &'a Classifier, vs: &'a nn::VarStore, run: &'a RunConfig, data: &'a LraDataset) -> Self {
+        let t = &run.train;
+        Self { model, vs, run, data, opt: AdamW::new(vs, t.beta1, t.beta2, run.ssm.lr_scale), sampler: LraSampler::new(run.seed, t.batch_size), pos: Position::default() }
     }
-    bst_core::sync(device);
-    Ok(TrainOutcome { steps: t.steps, tokens_seen, wall_s: start.elapsed().as_secs_f64(), final_loss: last_loss })
+
+    /// Steps completed.
+    pub fn step(&self) -> usize {
+        self.pos.step
+    }
+
+    /// Continues from the checkpoint in `dir` (weights, optimiser, sampler, step).
+    pub fn resume(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let loaded = checkpoint::load(dir, self.vs, &mut self.opt)?;
+        let Progress { step, tokens_seen, elapsed_s, sampler } = loaded.state.progress;
+        let SamplerState::Lra(sampler) = sampler else {
+            return Err(ModelError::Checkpoint { path: dir.to_owned(), reason: "a language model's checkpoint, not a classifier's".into() });
+        };
+        (self.pos, self.sampler) = (Position { step, tokens_seen, elapsed_before: elapsed_s }, sampler);
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current position to `dir`.
+    pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
+        let progress = Progress { step: self.pos.step, tokens_seen: self.pos.tokens_seen, elapsed_s, sampler: SamplerState::Lra(self.sampler.clone()) };
+        checkpoint::save(dir, self.vs, &self.opt, &[], self.run, progress)
+    }
+
+    /// Trains until `train.steps`, checkpointing into `checkpoint_dir` as a language model's
+    /// trainer does; `on_step` sees each step and may stop the run (`Interrupted`).
+    pub fn run(&mut self, checkpoint_dir: Option<&Path>, mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<TrainOutcome, ModelError> {
+        let (train, device) = (&self.run.train, self.vs.device());
+        run_steps(self, train, device, checkpoint_dir, &mut on_step)
+    }
+}
+
+impl Steps for ClassifierTrainer<'_> {
+    fn position(&mut self) -> &mut Position {
+        &mut self.pos
+    }
+
+    fn step(&mut self, step: usize) -> Result<StepDone, ModelError> {
+        let (model, data, device, seq_len) = (self.model, self.data, self.vs.device(), self.run.train.seq_len);
+        let sampler = &mut self.sampler;
+        optimizer_step(&mut self.opt, self.run, device, step, "the classification loss", || {
+            let batch = sampler.next_batch(data)?;
+            let tokens = batch.size() * seq_len * if batch.pair.is_some() { 2 } else { 1 };
+            Ok((model.loss_and_correct(&batch, device, true).0, tokens))
+        })
+    }
+
+    fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
+        ClassifierTrainer::save(self, dir, elapsed_s)
+    }
 }
 
 /// Loss and accuracy on a whole split, in fixed order, at `precision`.
@@ -219,7 +260,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Classifier::new(&vs.root(), &cfg, &data).unwrap();
         let before = evaluate_classifier(&model, &data, SplitName::Valid, &cfg, Device::Cpu).unwrap();
-        let outcome = train_classifier(&model, &vs, &cfg, &data, |_| ControlFlow::Continue(())).unwrap();
+        let outcome = ClassifierTrainer::new(&model, &vs, &cfg, &data).run(None, |_| ControlFlow::Continue(())).unwrap();
         let after = evaluate_classifier(&model, &data, SplitName::Valid, &cfg, Device::Cpu).unwrap();
         assert_eq!(outcome.steps, 60);
         assert!(after.loss < before.loss, "valid loss {} -> {}", before.loss, after.loss);

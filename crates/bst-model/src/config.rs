@@ -27,11 +27,14 @@ pub enum Architecture {
     GssHybrid,
     /// Plain decoder Transformer: full causal attention over the whole input.
     Transformer,
+    /// An S4D model alone (the LRA tables' "S4D" row): every layer an SSM sublayer (d -> d/4, S4D
+    /// convolution over the whole input, GELU, d/4 -> d) and an MLP, no attention.
+    S4d,
 }
 
 impl Architecture {
     /// Every architecture this build can train, by name.
-    pub const ALL: [Architecture; 14] = [
+    pub const ALL: [Architecture; 15] = [
         Architecture::Bst { context: ContextVariant::Sh, ssm: SsmKind::S4d },
         Architecture::Bst { context: ContextVariant::Mh, ssm: SsmKind::S4d },
         Architecture::Bst { context: ContextVariant::Mf, ssm: SsmKind::S4d },
@@ -46,6 +49,7 @@ impl Architecture {
         Architecture::TransformerXl,
         Architecture::GssHybrid,
         Architecture::Transformer,
+        Architecture::S4d,
     ];
 
     fn allowed() -> String {
@@ -55,6 +59,11 @@ impl Architecture {
     /// Whether `model.ssm_layers` names this architecture's SSM layers (BST, GSS-HYBRID).
     pub fn has_ssm_layers(self) -> bool {
         matches!(self, Architecture::Bst { .. } | Architecture::GssHybrid)
+    }
+
+    /// Whether the architecture has SSM layers at all (reads the `[ssm]` table).
+    pub fn uses_ssm(self) -> bool {
+        self.has_ssm_layers() || self == Architecture::S4d
     }
 }
 
@@ -74,6 +83,7 @@ impl fmt::Display for Architecture {
             Architecture::TransformerXl => f.write_str("TRSF-XL"),
             Architecture::GssHybrid => f.write_str("GSS-HYBRID"),
             Architecture::Transformer => f.write_str("TRANSFORMER"),
+            Architecture::S4d => f.write_str("S4D"),
         }
     }
 }
@@ -182,6 +192,7 @@ impl ModelConfig {
                 Architecture::Brect if recurrent == Some(i) => LayerKind::Brect,
                 Architecture::TransformerXl => LayerKind::Xl,
                 Architecture::Transformer => LayerKind::Attention,
+                Architecture::S4d => LayerKind::Ssm,
                 _ => LayerKind::Slide,
             })
             .collect();
@@ -204,6 +215,8 @@ pub enum LayerKind {
     Attention,
     /// A Gated State Space layer (no MLP after it).
     Gss,
+    /// An S4D sublayer alone (no attention).
+    Ssm,
 }
 
 impl fmt::Display for LayerKind {
@@ -215,6 +228,7 @@ impl fmt::Display for LayerKind {
             LayerKind::Xl => f.write_str("XL"),
             LayerKind::Attention => f.write_str("ATTN"),
             LayerKind::Gss => f.write_str("GSS"),
+            LayerKind::Ssm => f.write_str("S4D"),
         }
     }
 }
@@ -318,6 +332,6 @@ mod tests {
         }
         assert_eq!("bst:sh:s4d".parse::<Architecture>().unwrap().to_string(), "BST:SH:S4D");
         let err = "BST:XX".parse::<Architecture>().unwrap_err();
-        assert!(err.contains("BST:SH:S4D, BST:MH:S4D, BST:MF:S4D, BST:SH:S4,") && err.contains("SLIDE, BRECT:FIXED:SKIP, TRSF-XL, GSS-HYBRID, TRANSFORMER"), "{err}");
+        assert!(err.contains("BST:SH:S4D, BST:MH:S4D, BST:MF:S4D, BST:SH:S4,") && err.contains("SLIDE, BRECT:FIXED:SKIP, TRSF-XL, GSS-HYBRID, TRANSFORMER, S4D"), "{err}");
     }
 }

@@ -48,7 +48,22 @@ pub struct AnswerMetrics {
     pub accuracy: f64,
     /// Mean negative log-likelihood of an answer token, in bits.
     pub bits: f64,
+    /// Accuracy by how far back each answer's source lies.
+    #[serde(default)]
+    pub by_distance: Vec<DistanceBucket>,
 }
+
+/// Answers whose source lies `from..to` tokens back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistanceBucket {
+    pub from: usize,
+    pub to: usize,
+    pub count: usize,
+    pub accuracy: f64,
+}
+
+/// Bucket edges of answer distances: powers of two from 16 (a bucket per doubling).
+const DISTANCE_EDGES: [usize; 9] = [1, 16, 32, 64, 128, 256, 512, 1024, usize::MAX];
 
 impl EvalMetrics {
     fn from_nll(nll_nats: f64, tokens: usize, bytes: f64) -> Self {
@@ -64,21 +79,38 @@ struct AnswerSums {
     count: i64,
     correct: i64,
     nll_nats: f64,
+    /// (answers, correct) per distance bucket.
+    buckets: [(i64, i64); DISTANCE_EDGES.len() - 1],
 }
 
 impl AnswerSums {
-    /// `logits`: `[n, vocab]` f32, `nll`: `[n]`, `targets`: `[n]`, `mask`: `[n]` bool.
-    fn add(&mut self, logits: &Tensor, nll: &Tensor, targets: &Tensor, mask: &Tensor) {
+    /// `logits`: `[n, vocab]` f32, `nll`: `[n]`, `targets`: `[n]`, `distance`: `[n]` int64 (0:
+    /// not an answer).
+    fn add(&mut self, logits: &Tensor, nll: &Tensor, targets: &Tensor, distance: &Tensor) {
+        let mask = distance.gt(0);
+        let right = logits.argmax(-1, false).eq_tensor(targets).logical_and(&mask);
         self.count += mask.sum(Kind::Int64).int64_value(&[]);
-        self.correct += (logits.argmax(-1, false).eq_tensor(targets) * mask).sum(Kind::Int64).int64_value(&[]);
-        self.nll_nats += nll.masked_select(mask).sum(Kind::Double).double_value(&[]);
+        self.correct += right.sum(Kind::Int64).int64_value(&[]);
+        self.nll_nats += nll.masked_select(&mask).sum(Kind::Double).double_value(&[]);
+        for (b, edges) in DISTANCE_EDGES.windows(2).enumerate() {
+            let inside = distance.ge(edges[0] as i64).logical_and(&distance.lt(edges[1].min(i64::MAX as usize) as i64));
+            self.buckets[b].0 += inside.sum(Kind::Int64).int64_value(&[]);
+            self.buckets[b].1 += right.logical_and(&inside).sum(Kind::Int64).int64_value(&[]);
+        }
     }
 
     fn metrics(&self) -> Option<AnswerMetrics> {
+        let by_distance = DISTANCE_EDGES
+            .windows(2)
+            .zip(&self.buckets)
+            .filter(|(_, &(n, _))| n > 0)
+            .map(|(e, &(n, c))| DistanceBucket { from: e[0], to: e[1], count: n as usize, accuracy: c as f64 / n as f64 })
+            .collect();
         (self.count > 0).then(|| AnswerMetrics {
             count: self.count as usize,
             accuracy: self.correct as f64 / self.count as f64,
             bits: self.nll_nats / self.count as f64 / std::f64::consts::LN_2,
+            by_distance,
         })
     }
 }
@@ -123,8 +155,8 @@ pub fn evaluate_with_precision(
                 state.detach();
                 let targets = batch.targets.to_device(device).flatten(0, 1);
                 let nll: Tensor = logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0);
-                if let Some(mask) = &batch.answers {
-                    answers.add(&logits, &nll, &targets, &mask.to_device(device).flatten(0, 1));
+                if let Some(distance) = &batch.answers {
+                    answers.add(&logits, &nll, &targets, &distance.to_device(device).flatten(0, 1));
                 }
                 nll.sum(Kind::Double).double_value(&[])
             })
@@ -141,10 +173,11 @@ mod tests {
 
     #[test]
     fn answer_sums_count_only_masked_tokens() {
-        // 4 positions over a vocabulary of 3; positions 1 and 3 are answers, only 1 is right
+        // 4 positions over a vocabulary of 3; positions 1 and 3 are answers (20 and 100 tokens
+        // from their sources), only 1 is right
         let logits = Tensor::from_slice(&[5.0f32, 0., 0., 0., 5., 0., 0., 0., 5., 5., 0., 0.]).view([4, 3]);
         let targets = Tensor::from_slice(&[0i64, 1, 0, 2]);
-        let mask = Tensor::from_slice(&[false, true, false, true]);
+        let mask = Tensor::from_slice(&[0i64, 20, 0, 100]);
         let nll = logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0);
         let mut sums = AnswerSums::default();
         sums.add(&logits, &nll, &targets, &mask);
@@ -153,6 +186,8 @@ mod tests {
         assert!((m.accuracy - 0.5).abs() < 1e-12);
         let expected = (nll.double_value(&[1]) + nll.double_value(&[3])) / 2.0 / std::f64::consts::LN_2;
         assert!((m.bits - expected).abs() < 1e-6);
+        let buckets: Vec<(usize, usize, usize, f64)> = m.by_distance.iter().map(|b| (b.from, b.to, b.count, b.accuracy)).collect();
+        assert_eq!(buckets, vec![(16, 32, 1, 1.0), (64, 128, 1, 0.0)]);
         assert!(AnswerSums::default().metrics().is_none(), "no answers, no metrics");
     }
 

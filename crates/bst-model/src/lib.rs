@@ -20,11 +20,11 @@ pub mod schedule; // learning rate: linear warmup then cosine decay
 pub mod train; // TrainConfig and Trainer: the training loop, resumable from checkpoints
 
 pub use autocast::{Autocast, Precision};
-pub use classifier::{evaluate_classifier, train_classifier, Classifier, ClassifyMetrics};
+pub use classifier::{evaluate_classifier, Classifier, ClassifierTrainer, ClassifyMetrics};
 pub use config::{Architecture, LayerKind, LayerPlan, ModelConfig};
 pub use device::DeviceChoice;
 pub use error::ModelError;
-pub use eval::{evaluate, evaluate_with_precision, AnswerMetrics, EvalMetrics};
+pub use eval::{evaluate, evaluate_with_precision, AnswerMetrics, DistanceBucket, EvalMetrics};
 pub use lm::{LanguageModel, LmState};
 pub use run_config::RunConfig;
 pub use schedule::lr_at;

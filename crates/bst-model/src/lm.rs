@@ -8,7 +8,7 @@
 
 use bst_attn::{BlockSelfAttention, BrectCell, BstAttention, LayerConfig, Mixer, MixerState, XlAttention};
 use bst_core::params::{embedding, layer_norm, linear};
-use bst_ssm::{GssLayer, SsmKind, SsmLayerConfig};
+use bst_ssm::{GssLayer, SsmKind, SsmLayerConfig, SsmSublayer};
 use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
 use crate::config::{LayerKind, LayerPlan};
@@ -90,6 +90,7 @@ impl Layer {
             LayerKind::Attention => Box::new(XlAttention::full(mp, cfg)),
             // GSS uses DSS, a diagonal SSM; S4D is that family's standard form
             LayerKind::Gss => Box::new(GssLayer::new(mp, &SsmLayerConfig::new(&cfg.ssm, SsmKind::S4d, cfg.dims.d_model, cfg.max_len))),
+            LayerKind::Ssm => Box::new(SsmSublayer::new(&(mp / "ssm"), &SsmLayerConfig::new(&cfg.ssm, SsmKind::S4d, cfg.dims.d_model, cfg.max_len))),
         };
         let mlp = (kind != LayerKind::Gss).then(|| (layer_norm(&(vs / "norm2"), d), Mlp::new(&(vs / "mlp"), d, d * mlp_ratio as i64, cfg.dims.dropout)));
         Self { norm1: layer_norm(&(vs / "norm1"), d), mixer, mlp }
@@ -255,7 +256,7 @@ pub(crate) mod tests {
     use tch::{Device, Kind};
 
     /// Every architecture, with SSM layers where it has them.
-    const ARCHS: [(&str, &[usize]); 11] = [
+    const ARCHS: [(&str, &[usize]); 12] = [
         ("SLIDE", &[]),
         ("BST:SH:S4D", &[1]),
         ("BST:SH:S4D", &[0, 1]),
@@ -267,6 +268,7 @@ pub(crate) mod tests {
         ("TRSF-XL", &[]),
         ("GSS-HYBRID", &[0]),
         ("TRANSFORMER", &[]),
+        ("S4D", &[]),
     ];
 
     /// A two-layer model of `arch`: d 32, W 8, training length 32, XL segments of 16 with memory 32.
@@ -365,7 +367,7 @@ pub(crate) mod tests {
             assert!(gap < 1e-4, "{arch}: the first window differs from one pass by {gap}");
             let second_window = match arch {
                 "SLIDE" | "BRECT:FIXED:SKIP" | "TRSF-XL" => one_pass(&lm, &text)[32..].to_vec(),
-                "TRANSFORMER" => one_pass(&lm, &text[32..]),
+                "TRANSFORMER" | "S4D" => one_pass(&lm, &text[32..]),
                 _ => continue,
             };
             let gap = max_gap(&scores[32..], &second_window);

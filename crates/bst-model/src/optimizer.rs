@@ -212,7 +212,7 @@ mod tests {
     fn every_parameter_of_every_architecture_is_in_its_group() {
         use bst_ssm::{SsmConfig, UnstructuredFilter};
         let implicit = SsmConfig { unstructured_filter: UnstructuredFilter::Implicit, ..SsmConfig::default() };
-        let archs: [(&str, &[usize], SsmConfig); 12] = [
+        let archs: [(&str, &[usize], SsmConfig); 13] = [
             ("SLIDE", &[], SsmConfig::default()),
             ("BST:SH:S4D", &[1], SsmConfig::default()),
             ("BST:MH:S4", &[1], SsmConfig::default()),
@@ -225,6 +225,7 @@ mod tests {
             ("GSS-HYBRID", &[0], SsmConfig::default()),
             ("TRANSFORMER", &[], SsmConfig::default()),
             ("BST:SH:S4D", &[0, 1], SsmConfig::default()),
+            ("S4D", &[], SsmConfig::default()),
         ];
         for (arch, layers, ssm) in archs {
             let run = crate::lm::tests::tiny_run(arch, layers, &ssm);

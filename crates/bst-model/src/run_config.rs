@@ -41,7 +41,7 @@ impl RunConfig {
         if m.mlp_ratio == 0 {
             return Err(ModelError::invalid("model.mlp_ratio", m.mlp_ratio, "must be >= 1"));
         }
-        if m.arch.has_ssm_layers() {
+        if m.arch.uses_ssm() {
             self.ssm.validate(m.d_model)?;
         }
         if t.seq_len == 0 {
@@ -69,7 +69,38 @@ impl RunConfig {
         if let Some(lra) = &self.lra {
             self.validate_lra(lra)?;
         }
+        self.validate_episodes()?;
         Ok(plan)
+    }
+
+    /// The generated task's examples when they are episodic (MQAR).
+    fn episodes(&self) -> Option<bst_data::synthetic::SyntheticConfig> {
+        let s = self.data.synthetic.clone().unwrap_or_default();
+        (self.data.corpus == bst_data::CorpusKind::Synthetic && s.is_episodic()).then_some(s)
+    }
+
+    /// An episodic task has one example per training window, read in order: its examples must be
+    /// `train.seq_len` long and its windows sequential.
+    fn validate_episodes(&self) -> Result<(), ModelError> {
+        if self.answers_only() && self.data.sampling == Sampling::Random {
+            return Err(ModelError::invalid("data.sampling", "random", "data.synthetic.answers_only needs sequential windows (\"sequential\" or \"auto\")"));
+        }
+        let Some(s) = self.episodes() else { return Ok(()) };
+        if s.example_len != self.train.seq_len {
+            return Err(ModelError::invalid("data.synthetic.example_len", s.example_len, format!("must equal train.seq_len = {} (one example per window)", self.train.seq_len)));
+        }
+        if self.data.sampling == Sampling::Random {
+            return Err(ModelError::invalid("data.sampling", "random", "an episodic task (mqar) is read one example per window: use \"sequential\" or \"auto\""));
+        }
+        if self.train.eval_length_factors != [1] {
+            return Err(ModelError::invalid("train.eval_length_factors", &self.train.eval_length_factors, "an episodic task (mqar) is evaluated one example per window: use [1]"));
+        }
+        Ok(())
+    }
+
+    /// Whether training scores only the answers of a synthetic task (`data.synthetic.answers_only`).
+    pub fn answers_only(&self) -> bool {
+        self.data.corpus == bst_data::CorpusKind::Synthetic && self.data.synthetic.as_ref().is_some_and(|s| s.answers_only)
     }
 
     /// What the sequence length must be a multiple of: the window for blocked layers, the segment
@@ -109,7 +140,7 @@ impl RunConfig {
     /// random otherwise).
     pub fn sampling(&self, plan: &LayerPlan) -> Sampling {
         match self.data.sampling {
-            Sampling::Auto if self.carries_state(plan) => Sampling::Sequential,
+            Sampling::Auto if self.carries_state(plan) || self.episodes().is_some() || self.answers_only() => Sampling::Sequential,
             Sampling::Auto => Sampling::Random,
             chosen => chosen,
         }

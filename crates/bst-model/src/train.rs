@@ -15,7 +15,7 @@ use bst_data::{Sampler, Sampling, TokenStream};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use crate::checkpoint::{self, Progress};
+use crate::checkpoint::{self, Progress, SamplerState};
 use crate::optimizer::AdamW;
 use crate::{lr_at, Autocast, LanguageModel, LmState, ModelError, Precision, RunConfig};
 
@@ -163,7 +163,58 @@ pub(crate) fn optimizer_step(
     Ok(StepDone { loss: loss_sum, lr, grad_norm, tokens })
 }
 
-/// A training run in progress: model, optimiser, sampler, carried state and position.
+/// Where a training loop stands: steps done, tokens seen, time spent before this launch.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Position {
+    pub step: usize,
+    pub tokens_seen: usize,
+    pub elapsed_before: f64,
+}
+
+/// What a kind of training supplies to the shared loop.
+pub(crate) trait Steps {
+    fn position(&mut self) -> &mut Position;
+    /// One optimiser step at `step`.
+    fn step(&mut self, step: usize) -> Result<StepDone, ModelError>;
+    /// A checkpoint of the current position, `elapsed_s` of training done in all.
+    fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError>;
+}
+
+/// The loop every kind of training shares: steps until `train.steps`, each reported to
+/// `on_step`, which may stop the run (`ModelError::Interrupted`); with `checkpoint_dir`, a
+/// checkpoint every `train.checkpoint_every` steps, at the end and when stopped.
+pub(crate) fn run_steps(steps: &mut dyn Steps, train: &TrainConfig, device: Device, checkpoint_dir: Option<&Path>, on_step: &mut dyn FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<TrainOutcome, ModelError> {
+    let start = Instant::now();
+    let before = steps.position().elapsed_before;
+    let elapsed = || before + start.elapsed().as_secs_f64();
+    let mut loss_value = f64::NAN;
+    while steps.position().step < train.steps {
+        let step = steps.position().step;
+        let done = steps.step(step)?;
+        loss_value = done.loss;
+        let pos = steps.position();
+        pos.step += 1;
+        pos.tokens_seen += done.tokens;
+        let (now, pos) = (elapsed(), *pos);
+        let metrics = StepMetrics { step, loss: loss_value, lr: done.lr, grad_norm: done.grad_norm, tokens_seen: pos.tokens_seen, elapsed_s: now, tokens_per_s: pos.tokens_seen as f64 / now };
+        let stop = on_step(&metrics).is_break();
+        if let Some(dir) = checkpoint_dir {
+            let periodic = train.checkpoint_every > 0 && pos.step % train.checkpoint_every == 0;
+            if stop || periodic || pos.step == train.steps {
+                steps.save(dir, now)?;
+            }
+        }
+        if stop {
+            return Err(ModelError::Interrupted { step });
+        }
+    }
+    bst_core::sync(device);
+    let pos = *steps.position();
+    Ok(TrainOutcome { steps: pos.step, tokens_seen: pos.tokens_seen, wall_s: elapsed(), final_loss: loss_value })
+}
+
+/// A language-model training run in progress: model, optimiser, sampler, carried state and
+/// position.
 pub struct Trainer<'a> {
     model: &'a LanguageModel,
     vs: &'a nn::VarStore,
@@ -172,9 +223,7 @@ pub struct Trainer<'a> {
     sampler: Sampler,
     /// The state carried from one step to the next (sequential sampling; fresh otherwise).
     carry: LmState,
-    step: usize,
-    tokens_seen: usize,
-    elapsed_before: f64,
+    pos: Position,
 }
 
 impl<'a> Trainer<'a> {
@@ -188,17 +237,15 @@ impl<'a> Trainer<'a> {
             vs,
             run,
             opt: AdamW::new(vs, t.beta1, t.beta2, run.ssm.lr_scale),
-            sampler: Sampler::new(sampling, run.seed, t.batch_size, t.seq_len, stream)?,
+            sampler: Sampler::new(sampling, run.seed, t.batch_size, t.seq_len, stream, run.answers_only())?,
             carry: LmState::default(),
-            step: 0,
-            tokens_seen: 0,
-            elapsed_before: 0.0,
+            pos: Position::default(),
         })
     }
 
     /// Steps completed.
     pub fn step(&self) -> usize {
-        self.step
+        self.pos.step
     }
 
     /// How this run draws its windows.
@@ -213,69 +260,63 @@ impl<'a> Trainer<'a> {
     pub fn resume(&mut self, dir: &Path) -> Result<(), ModelError> {
         let loaded = checkpoint::load(dir, self.vs, &mut self.opt)?;
         let Progress { step, tokens_seen, elapsed_s, sampler } = loaded.state.progress;
-        if std::mem::discriminant(&sampler) != std::mem::discriminant(&self.sampler) {
-            return Err(ModelError::Checkpoint { path: dir.to_owned(), reason: format!("saved with another sampler than data.sampling resolves to ({})", self.sampling()) });
-        }
+        let sampler = match sampler {
+            SamplerState::Lm(s) if std::mem::discriminant(&s) == std::mem::discriminant(&self.sampler) => s,
+            _ => return Err(ModelError::Checkpoint { path: dir.to_owned(), reason: format!("saved with another sampler than data.sampling resolves to ({})", self.sampling()) }),
+        };
         let carry = LmState::from_tensors(self.model.plan().0.len(), &loaded.carry).map_err(|reason| ModelError::Checkpoint { path: dir.to_owned(), reason })?;
-        (self.step, self.tokens_seen, self.elapsed_before, self.sampler, self.carry) = (step, tokens_seen, elapsed_s, sampler, carry);
+        (self.pos, self.sampler, self.carry) = (Position { step, tokens_seen, elapsed_before: elapsed_s }, sampler, carry);
         Ok(())
     }
 
     /// Writes a checkpoint of the current position to `dir`.
     pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
-        let progress = Progress { step: self.step, tokens_seen: self.tokens_seen, elapsed_s, sampler: self.sampler.clone() };
+        let progress = Progress { step: self.pos.step, tokens_seen: self.pos.tokens_seen, elapsed_s, sampler: SamplerState::Lm(self.sampler.clone()) };
         checkpoint::save(dir, self.vs, &self.opt, &self.carry.tensors(), self.run, progress)
     }
 
     /// Trains until `train.steps`. With `checkpoint_dir`, saves every `train.checkpoint_every`
     /// steps, at the end, and when `on_step` stops the run (`ControlFlow::Break`), which returns
     /// `ModelError::Interrupted`.
-    pub fn run(
-        &mut self,
-        stream: &TokenStream,
-        checkpoint_dir: Option<&Path>,
-        mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
-    ) -> Result<TrainOutcome, ModelError> {
-        let cfg = &self.run.train;
-        let device = self.vs.device();
-        let start = Instant::now();
-        let elapsed = |before: f64| before + start.elapsed().as_secs_f64();
-        let mut loss_value = f64::NAN;
-        while self.step < cfg.steps {
-            let step = self.step;
-            let (model, sampler, carry) = (self.model, &mut self.sampler, &mut self.carry);
-            let done = optimizer_step(&mut self.opt, self.run, device, step, "the training loss", || {
-                let batch = sampler.next_batch(stream)?;
-                let mut fresh = LmState::default();
-                let state = match &batch.reset {
-                    Some(reset) => {
-                        carry.reset_rows(&reset.to_device(device));
-                        &mut *carry
-                    }
-                    None => &mut fresh,
-                };
-                let loss = model.loss_with_state(&batch.inputs.to_device(device), &batch.targets.to_device(device), state, true);
-                state.detach(); // truncated backpropagation: the next window starts from a constant
-                Ok((loss, batch.tokens))
-            })?;
-            loss_value = done.loss;
-            self.step += 1;
-            self.tokens_seen += done.tokens;
-            let now = elapsed(self.elapsed_before);
-            let metrics = StepMetrics { step, loss: loss_value, lr: done.lr, grad_norm: done.grad_norm, tokens_seen: self.tokens_seen, elapsed_s: now, tokens_per_s: self.tokens_seen as f64 / now };
-            let stop = on_step(&metrics).is_break();
-            if let Some(dir) = checkpoint_dir {
-                let periodic = cfg.checkpoint_every > 0 && self.step % cfg.checkpoint_every == 0;
-                if stop || periodic || self.step == cfg.steps {
-                    self.save(dir, now)?;
+    pub fn run(&mut self, stream: &TokenStream, checkpoint_dir: Option<&Path>, mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<TrainOutcome, ModelError> {
+        let (train, device) = (&self.run.train, self.vs.device());
+        run_steps(&mut LmSteps { trainer: self, stream }, train, device, checkpoint_dir, &mut on_step)
+    }
+}
+
+/// A language model's steps for the shared loop.
+struct LmSteps<'t, 'a> {
+    trainer: &'t mut Trainer<'a>,
+    stream: &'t TokenStream,
+}
+
+impl Steps for LmSteps<'_, '_> {
+    fn position(&mut self) -> &mut Position {
+        &mut self.trainer.pos
+    }
+
+    fn step(&mut self, step: usize) -> Result<StepDone, ModelError> {
+        let t = &mut *self.trainer;
+        let (model, device, stream) = (t.model, t.vs.device(), self.stream);
+        let (sampler, carry) = (&mut t.sampler, &mut t.carry);
+        optimizer_step(&mut t.opt, t.run, device, step, "the training loss", || {
+            let batch = sampler.next_batch(stream)?;
+            let mut fresh = LmState::default();
+            let state = match &batch.reset {
+                Some(reset) => {
+                    carry.reset_rows(&reset.to_device(device));
+                    &mut *carry
                 }
-            }
-            if stop {
-                return Err(ModelError::Interrupted { step });
-            }
-        }
-        bst_core::sync(device);
-        Ok(TrainOutcome { steps: self.step, tokens_seen: self.tokens_seen, wall_s: elapsed(self.elapsed_before), final_loss: loss_value })
+                None => &mut fresh,
+            };
+            let loss = model.loss_with_state(&batch.inputs.to_device(device), &batch.targets.to_device(device), state, true);
+            state.detach(); // truncated backpropagation: the next window starts from a constant
+            Ok((loss, batch.tokens))
+        })
+    }
+
+    fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
+        self.trainer.save(dir, elapsed_s)
     }
 }
 
@@ -291,7 +332,7 @@ mod tests {
         TokenStream::from_bytes(&text).with_doc_starts((0..6).map(|i| i * 1500).collect())
     }
 
-    const ARCHS: [&str; 10] = ["SLIDE", "BST:SH:S4D", "BST:SH:S4", "BST:SH:UNSTRUCT", "BST:MH:S4D", "BST:MF:S4D", "BRECT:FIXED:SKIP", "TRSF-XL", "GSS-HYBRID", "TRANSFORMER"];
+    const ARCHS: [&str; 11] = ["SLIDE", "BST:SH:S4D", "BST:SH:S4", "BST:SH:UNSTRUCT", "BST:MH:S4D", "BST:MF:S4D", "BRECT:FIXED:SKIP", "TRSF-XL", "GSS-HYBRID", "TRANSFORMER", "S4D"];
 
     fn run(arch: &str, seed: u64) -> Vec<f64> {
         train_tiny(arch, seed, Precision::F32).0

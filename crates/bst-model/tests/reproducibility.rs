@@ -127,7 +127,7 @@ fn sequential_sampling_resumes_exactly_with_the_carried_state() {
         let dir = assert_resume_is_exact(&cfg);
         let state: checkpoint::TrainState = serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap()).unwrap();
         assert!(state.carry_sha256.is_some(), "{arch}: the carried state is saved");
-        assert!(matches!(state.progress.sampler, bst_data::Sampler::Sequential(_)), "{arch}: auto sampling is sequential");
+        assert!(matches!(state.progress.sampler, checkpoint::SamplerState::Lm(bst_data::Sampler::Sequential(_))), "{arch}: auto sampling is sequential");
     }
 }
 
@@ -202,4 +202,62 @@ fn bf16_training_is_seeded_and_tracks_f32() {
     assert!(rel(bf16[0], f32[0]) < 1e-2, "initial loss bf16 {} vs f32 {}", bf16[0], f32[0]);
     let (b, f) = (bf16[bf16.len() - 1], f32[f32.len() - 1]);
     assert!(rel(b, f) < 0.03, "final loss bf16 {b} vs f32 {f}: {bf16:?} / {f32:?}");
+}
+
+/// A classification run (generated ListOps) stopped half-way and resumed from its checkpoint
+/// ends with the losses and weights of an uninterrupted one.
+#[test]
+fn a_resumed_classification_run_equals_an_uninterrupted_one() {
+    use bst_model::{Classifier, ClassifierTrainer};
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg: RunConfig = toml::from_str(
+        r#"
+        seed = 3
+        [model]
+        arch = "SLIDE"
+        n_layers = 2
+        d_model = 32
+        n_heads = 2
+        [attn]
+        window = 32
+        [train]
+        steps = 10
+        batch_size = 8
+        seq_len = 128
+        warmup_steps = 2
+        [lra]
+        task = "listops"
+        seq_len = 128
+        listops = { min_len = 60 }
+        n_train = 64
+        n_valid = 16
+        n_test = 16
+        "#,
+    )
+    .unwrap();
+    let data = bst_data::lra::LraDataset::load(cfg.lra.as_ref().unwrap()).unwrap();
+    let train = |dir: &Path, stop_after: Option<usize>, resume: bool| {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Classifier::new(&vs.root(), &cfg, &data).unwrap();
+        let mut trainer = ClassifierTrainer::new(&model, &vs, &cfg, &data);
+        if resume {
+            trainer.resume(dir).unwrap();
+        }
+        let mut losses = Vec::new();
+        let _ = trainer.run(Some(dir), |m| {
+            losses.push(m.loss);
+            if Some(m.step + 1) == stop_after { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        });
+        let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        weights.sort_by(|a, b| a.0.cmp(&b.0));
+        (losses, weights)
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (full, full_weights) = train(a.path(), None, false);
+    let (first, _) = train(b.path(), Some(4), false);
+    let (rest, weights) = train(b.path(), None, true);
+    assert_eq!([first, rest].concat(), full, "resumed loss curve differs");
+    for ((name, x), (_, y)) in full_weights.iter().zip(&weights) {
+        assert!(x.equal(y), "{name} differs after resuming");
+    }
 }

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use bst_data::lra::{LraConfig, LraDataset};
 use bst_data::{Corpus, DataConfig, PreparedData, Sampling, SplitName};
-use bst_model::{checkpoint, evaluate_classifier, evaluate_with_precision, train_classifier, AnswerMetrics, Classifier, EvalMetrics, ModelError, RunConfig, StepMetrics, TrainOutcome, Trainer};
+use bst_model::{checkpoint, evaluate_classifier, evaluate_with_precision, AnswerMetrics, Classifier, ClassifierTrainer, EvalMetrics, ModelError, RunConfig, StepMetrics, TrainOutcome, Trainer};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
@@ -276,7 +276,7 @@ pub fn execute(
     let _ = std::fs::remove_file(dir.join("failure.json")); // retried: the old failure no longer holds
     let trained = match data {
         RunData::Lm(data) => execute_lm(spec, data, &dir, device, log, on_step),
-        RunData::Lra(data) => execute_lra(spec, data, &dir, device, on_step),
+        RunData::Lra(data) => execute_lra(spec, data, &dir, device, log, on_step),
     };
     match trained {
         Ok(record) => {
@@ -344,13 +344,7 @@ fn execute_lm(
     let params = bst_model::lm::parameter_count(&vs);
     let mut trainer = Trainer::new(&model, &vs, cfg, &data.train)?;
     let ckpt = dir.join("checkpoint");
-    let resumed_from_step = if checkpoint::exists(&ckpt) {
-        trainer.resume(&ckpt).map_err(|source| SweepError::Resume { run: spec.to_string(), checkpoint: ckpt.clone(), source })?;
-        log(format!("{spec}: resuming from the checkpoint at step {}", trainer.step()));
-        Some(trainer.step())
-    } else {
-        None
-    };
+    let resumed_from_step = resume(spec, &ckpt, log, |c| trainer.resume(c).map(|()| trainer.step()))?;
     let outcome = train_logging_steps(&dir.join("metrics.csv"), trainer.step(), on_step, |steps| trainer.run(&data.train, Some(&ckpt), steps))?;
     let t = &cfg.train;
     let eval = |stream, factor: usize| evaluate_with_precision(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device, t.precision);
@@ -359,21 +353,35 @@ fn execute_lm(
     Ok(RunRecord::new(spec, params, &outcome, scores, resumed_from_step, device))
 }
 
-/// A classifier on an LRA task: train from scratch (no mid-run checkpoint), evaluate accuracy.
-/// Its valid/test metrics hold the cross-entropy per example and, as `answers`, the accuracy;
-/// bits per byte do not apply (NaN).
-fn execute_lra(spec: &RunSpec, data: &LraDataset, dir: &Path, device: Device, on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<RunRecord> {
+/// A classifier on an LRA task: train (or resume from its checkpoint), evaluate accuracy. Its
+/// valid/test metrics hold the cross-entropy per example and, as `answers`, the accuracy; bits
+/// per byte do not apply (NaN).
+fn execute_lra(spec: &RunSpec, data: &LraDataset, dir: &Path, device: Device, log: &dyn Fn(String), on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<RunRecord> {
     let cfg = &spec.config;
     let vs = nn::VarStore::new(device);
     let model = Classifier::new(&vs.root(), cfg, data)?;
     let params = bst_model::lm::parameter_count(&vs);
-    let outcome = train_logging_steps(&dir.join("metrics.csv"), 0, on_step, |steps| train_classifier(&model, &vs, cfg, data, steps))?;
+    let mut trainer = ClassifierTrainer::new(&model, &vs, cfg, data);
+    let ckpt = dir.join("checkpoint");
+    let resumed_from_step = resume(spec, &ckpt, log, |c| trainer.resume(c).map(|()| trainer.step()))?;
+    let outcome = train_logging_steps(&dir.join("metrics.csv"), trainer.step(), on_step, |steps| trainer.run(Some(&ckpt), steps))?;
     let eval = |split| -> Result<EvalMetrics> {
         let c = evaluate_classifier(&model, data, split, cfg, device)?;
         let bits = c.loss / std::f64::consts::LN_2;
-        let answers = Some(AnswerMetrics { count: c.examples, accuracy: c.accuracy, bits });
+        let answers = Some(AnswerMetrics { count: c.examples, accuracy: c.accuracy, bits, by_distance: Vec::new() });
         Ok(EvalMetrics { tokens: c.examples, bytes: f64::NAN, loss: c.loss, ppl: c.loss.exp(), bits_per_token: bits, bits_per_byte: f64::NAN, answers })
     };
     let scores = Scores { valid: eval(SplitName::Valid)?, test: eval(SplitName::Test)?, longer: Vec::new(), unigram_test_bpb: f64::NAN };
-    Ok(RunRecord::new(spec, params, &outcome, scores, None, device))
+    Ok(RunRecord::new(spec, params, &outcome, scores, resumed_from_step, device))
+}
+
+/// Resumes from the checkpoint in `ckpt` if there is one (`load` restores it and returns the step
+/// reached); `None` when the run starts from scratch.
+fn resume(spec: &RunSpec, ckpt: &Path, log: &dyn Fn(String), load: impl FnOnce(&Path) -> Result<usize, ModelError>) -> Result<Option<usize>> {
+    if !checkpoint::exists(ckpt) {
+        return Ok(None);
+    }
+    let step = load(ckpt).map_err(|source| SweepError::Resume { run: spec.to_string(), checkpoint: ckpt.to_owned(), source })?;
+    log(format!("{spec}: resuming from the checkpoint at step {step}"));
+    Ok(Some(step))
 }

@@ -132,6 +132,7 @@ fn build_layer(vs: &nn::Path, arch: Architecture, cfg: &LayerConfig) -> Box<dyn 
         Architecture::Brect => Box::new(BrectCell::new(vs, cfg)),
         Architecture::TransformerXl => Box::new(XlAttention::transformer_xl(vs, cfg)),
         Architecture::Transformer => Box::new(XlAttention::full(vs, cfg)),
+        Architecture::S4d => Box::new(bst_ssm::SsmSublayer::new(&(vs / "ssm"), &bst_ssm::SsmLayerConfig::new(&cfg.ssm, bst_ssm::SsmKind::S4d, cfg.dims.d_model, cfg.max_len))),
     }
 }
 
