@@ -24,26 +24,45 @@ pub struct Decoded {
 /// # Shapes
 /// - `tokens`: `[batch, seq]` (i64, all sequences of one length)
 pub fn decode(model: &Llama, tokens: &Tensor, policy: Policy, k: Option<usize>, mut on_step: impl FnMut(i64, &KvCache)) -> Result<Decoded> {
-    if let Some(k) = k {
-        policy.validate(k)?;
+    let mut out = decode_settings(model, tokens, &[(policy, k)], |t, caches| on_step(t, &caches[0]))?;
+    Ok(out.remove(0))
+}
+
+/// Decodes the same `tokens` under several (policy, budget) settings at once: one batch of
+/// `settings.len() * batch` rows, each setting with its own caches (see [`Llama::step_groups`]).
+/// Returns one [`Decoded`] per setting, in order; `on_step(t, caches)` sees every setting's cache.
+///
+/// # Shapes
+/// - `tokens`: `[batch, seq]` (i64)
+pub fn decode_settings(model: &Llama, tokens: &Tensor, settings: &[(Policy, Option<usize>)], mut on_step: impl FnMut(i64, &[KvCache])) -> Result<Vec<Decoded>> {
+    for &(policy, k) in settings {
+        if let Some(k) = k {
+            policy.validate(k)?;
+        }
     }
     let _guard = tch::no_grad_guard();
     let tokens = tokens.to_device(model.device()).to_kind(Kind::Int64);
-    let seq = tokens.size()[1];
-    let mut cache = model.new_cache(policy, k);
-    let mut max_cache_len = 0;
+    let (batch, seq) = (tokens.size()[0], tokens.size()[1]);
+    let rows = tokens.repeat([settings.len() as i64, 1]); // [settings * batch, seq]
+    let mut caches: Vec<KvCache> = settings.iter().map(|&(p, k)| model.new_cache(p, k)).collect();
+    let mut longest = vec![0; settings.len()];
     let mut out = Vec::with_capacity(seq.max(1) as usize - 1);
     for t in 0..seq {
-        let logits = model.step(&tokens.select(1, t), t, &mut cache); // [batch, vocab]
+        let logits = model.step_groups(&rows.select(1, t), t, &mut caches); // [rows, vocab]
         if t + 1 < seq {
-            out.push(token_logprobs(&logits, &tokens.select(1, t + 1)));
+            out.push(token_logprobs(&logits, &rows.select(1, t + 1)));
         }
-        max_cache_len = max_cache_len.max(cache.max_live());
-        on_step(t, &cache);
+        for (l, c) in longest.iter_mut().zip(&caches) {
+            *l = (*l).max(c.max_live());
+        }
+        on_step(t, &caches);
     }
-    let batch = tokens.size()[0];
-    let logprobs = if out.is_empty() { Tensor::zeros([batch, 0], (Kind::Float, model.device())) } else { Tensor::stack(&out, 1) };
-    Ok(Decoded { logprobs, max_cache_len, cache_bytes: cache.bytes() })
+    let logprobs = if out.is_empty() { Tensor::zeros([rows.size()[0], 0], (Kind::Float, model.device())) } else { Tensor::stack(&out, 1) };
+    Ok(caches
+        .iter()
+        .enumerate()
+        .map(|(g, c)| Decoded { logprobs: logprobs.narrow(0, g as i64 * batch, batch), max_cache_len: longest[g], cache_bytes: c.bytes() })
+        .collect())
 }
 
 #[cfg(test)]
@@ -117,6 +136,38 @@ mod tests {
                 let d = max_diff(&together.narrow(0, i, 1), &alone);
                 assert!(d < 1e-4, "{p} sequence {i}: {d}");
             }
+        }
+    }
+
+    #[test]
+    fn settings_decoded_together_equal_settings_decoded_alone() {
+        let m = tiny();
+        let toks = tokens(2, 30, 5);
+        let settings: Vec<(Policy, Option<usize>)> = all_policies().into_iter().map(|p| (p, Some(6))).chain([(Policy::Window, Some(3))]).collect();
+        let together = decode_settings(&m, &toks, &settings, |_, _| {}).unwrap();
+        for (&(p, k), got) in settings.iter().zip(&together) {
+            let alone = decode(&m, &toks, p, k, |_, _| {}).unwrap();
+            assert!(max_diff(&got.logprobs, &alone.logprobs) < 1e-4, "{p} k = {k:?}");
+            assert_eq!(got.max_cache_len, alone.max_cache_len, "{p}");
+        }
+    }
+
+    #[test]
+    fn a_parallel_prefill_within_the_budget_equals_decoding_token_by_token() {
+        let m = tiny();
+        let toks = tokens(2, 20, 6);
+        for p in all_policies() {
+            let stepped = decode(&m, &toks, p, Some(8), |_, _| {}).unwrap();
+            let _g = tch::no_grad_guard();
+            let mut cache = m.new_cache(p, Some(8));
+            let mut logits = m.prefill(&toks.narrow(1, 0, 8), &mut cache);
+            let mut lps = vec![];
+            for t in 8..20 {
+                lps.push(token_logprobs(&logits, &toks.select(1, t)));
+                logits = m.step(&toks.select(1, t), t, &mut cache);
+            }
+            let d = max_diff(&Tensor::stack(&lps, 1), &stepped.logprobs.narrow(1, 7, 12));
+            assert!(d < 1e-4, "{p}: {d}");
         }
     }
 

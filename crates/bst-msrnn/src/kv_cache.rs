@@ -199,6 +199,31 @@ impl LayerCache {
         double(&mut self.scores, 0.0);
     }
 
+    /// Starts an empty cache with the keys and values of positions `0..seq` (a parallel prefill),
+    /// and `received`, the attention each has received so far (H2O's score).
+    ///
+    /// # Shapes
+    /// - `keys`, `values`: `[batch, kv_heads, seq, head_dim]`; `received`: `[batch, kv_heads, seq]`
+    pub fn fill(&mut self, keys: &Tensor, values: &Tensor, received: &Tensor) {
+        assert!(self.keys.is_none(), "fill starts an empty cache");
+        let seq = keys.size()[2];
+        assert!(self.budget.is_none_or(|k| seq <= k as i64), "a prefill of {seq} tokens would overflow the budget {:?}", self.budget);
+        self.allocate(&keys.narrow(2, 0, 1));
+        while self.keys.as_ref().is_some_and(|k| k.size()[2] < seq) {
+            self.grow();
+        }
+        let at = |t: &Option<Tensor>| t.as_ref().expect("allocated").narrow(2, 0, seq);
+        at(&self.keys).copy_(keys);
+        at(&self.values).copy_(values);
+        at(&self.positions).copy_(&Tensor::arange(seq, (Kind::Int64, keys.device())).expand(at(&self.positions).size(), false));
+        if let Some(s) = self.scores.as_ref() {
+            s.narrow(2, 0, seq).copy_(received);
+        }
+        self.len = seq;
+        self.live = seq;
+        self.newest = seq - 1;
+    }
+
     /// Adds the new token's key and value at absolute `position`.
     ///
     /// # Shapes

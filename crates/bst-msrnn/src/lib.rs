@@ -16,7 +16,7 @@ pub mod llama; // the llama decoder (inference, f32): step mode on a cache, full
 pub mod plot; // PNG/SVG line and bar charts in the workspace's house style
 pub mod study; // chunks of texts, perplexity per (policy, k), kept-token statistics
 
-pub use decode::{decode, Decoded};
+pub use decode::{decode, decode_settings, Decoded};
 pub use error::{MsrnnError, Result};
 pub use gguf::GgufFile;
 pub use gguf_tokenizer::GgufTokenizer;

@@ -216,27 +216,51 @@ impl Llama {
     /// # Shapes
     /// - `tokens`: `[batch]` (i64) -> logits `[batch, vocab]`
     pub fn step(&self, tokens: &Tensor, position: i64, cache: &mut KvCache) -> Tensor {
-        assert_eq!(cache.layers.len(), self.blocks.len(), "cache layers vs model blocks");
+        self.step_groups(tokens, position, std::slice::from_mut(cache))
+    }
+
+    /// [`Llama::step`] for several caches side by side: the batch is split into
+    /// `caches.len()` equal groups of consecutive rows, group `g` attending through `caches[g]`.
+    /// The matrix products run once over the whole batch, so decoding the same chunks under
+    /// several policies reads the weights once per step instead of once per policy.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch]` (i64), `batch` a multiple of `caches.len()` -> logits `[batch, vocab]`
+    pub fn step_groups(&self, tokens: &Tensor, position: i64, caches: &mut [KvCache]) -> Tensor {
+        let batch = tokens.size()[0];
+        assert!(!caches.is_empty() && batch % caches.len() as i64 == 0, "{batch} rows cannot be split into {} groups", caches.len());
+        assert!(caches.iter().all(|c| c.layers.len() == self.blocks.len()), "cache layers vs model blocks");
         let cos = self.cos.get(position); // [head_dim/2]
         let sin = self.sin.get(position);
         let mut x = self.embed.index_select(0, tokens); // [batch, d_model]
-        for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = self.step_block(block, &x, &cos, &sin, layer, position);
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut layers: Vec<&mut LayerCache> = caches.iter_mut().map(|c| &mut c.layers[l]).collect();
+            x = self.step_block(block, &x, &cos, &sin, &mut layers, position);
         }
         x.rms_norm([self.cfg.d_model as i64], Some(&self.norm), self.cfg.rms_eps).linear::<Tensor>(&self.head, None)
     }
 
-    fn step_block(&self, b: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, cache: &mut LayerCache, position: i64) -> Tensor {
+    fn step_block(&self, b: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, caches: &mut [&mut LayerCache], position: i64) -> Tensor {
         let (nh, nkv, hd) = (self.cfg.n_heads as i64, self.cfg.n_kv_heads as i64, self.cfg.head_dim() as i64);
         let batch = x.size()[0];
+        let per = batch / caches.len() as i64;
         let h = x.rms_norm([self.cfg.d_model as i64], Some(&b.attn_norm), self.cfg.rms_eps);
         let qkv = h.linear::<Tensor>(&b.w_qkv, None).view([batch, nh + 2 * nkv, hd]);
         let qk = rope(&qkv.narrow(1, 0, nh + nkv), cos, sin); // [batch, nh + nkv, hd]
-        let q = qk.narrow(1, 0, nh).view([batch, nkv, nh / nkv, hd]); // [batch, kv, group, hd]
-        cache.append(&qk.narrow(1, nh, nkv).unsqueeze(2), &qkv.narrow(1, nh + nkv, nkv).unsqueeze(2), position);
-        let w = q.matmul(&cache.keys().transpose(2, 3)).softmax(-1, Kind::Float); // [batch, kv, group, span]
-        let attn = w.matmul(&cache.values()).view([batch, nh * hd]);
-        cache.observe(&w.view([batch, nh, -1]));
+        let outs: Vec<Tensor> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(g, cache)| {
+                let rows = |t: &Tensor| t.narrow(0, g as i64 * per, per);
+                let q = rows(&qk).narrow(1, 0, nh).view([per, nkv, nh / nkv, hd]); // [per, kv, group, hd]
+                cache.append(&rows(&qk).narrow(1, nh, nkv).unsqueeze(2), &rows(&qkv).narrow(1, nh + nkv, nkv).unsqueeze(2), position);
+                let w = q.matmul(&cache.keys().transpose(2, 3)).softmax(-1, Kind::Float); // [per, kv, group, span]
+                let attn = w.matmul(&cache.values()).view([per, nh * hd]);
+                cache.observe(&w.view([per, nh, -1]));
+                attn
+            })
+            .collect();
+        let attn = if outs.len() == 1 { outs.into_iter().next().expect("one group") } else { Tensor::cat(&outs, 0) };
         let x = x + attn.linear::<Tensor>(&b.w_o, None);
         x.shallow_clone() + self.ffn(b, &x)
     }
@@ -253,21 +277,40 @@ impl Llama {
     /// # Shapes
     /// - `tokens`: `[batch, seq]` -> `[batch, seq, d_model]`
     pub fn hidden(&self, tokens: &Tensor) -> Tensor {
+        self.forward(tokens, None)
+    }
+
+    /// Runs the first `seq` tokens in parallel and leaves their keys and values in `cache`, as
+    /// if they had been decoded one by one: exact while `seq` is within every layer's budget
+    /// (nothing would have been evicted), including H2O's scores (the attention each entry
+    /// received, summed over the queries). Returns the logits of the last position.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]` -> `[batch, vocab]`
+    pub fn prefill(&self, tokens: &Tensor, cache: &mut KvCache) -> Tensor {
+        let h = self.forward(tokens, Some(cache));
+        h.select(1, h.size()[1] - 1).linear::<Tensor>(&self.head, None)
+    }
+
+    fn forward(&self, tokens: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
         let (batch, seq) = (tokens.size()[0], tokens.size()[1]);
         let (nh, nkv, hd) = (self.cfg.n_heads as i64, self.cfg.n_kv_heads as i64, self.cfg.head_dim() as i64);
         let cos = self.cos.narrow(0, 0, seq).view([1, seq, 1, hd / 2]);
         let sin = self.sin.narrow(0, 0, seq).view([1, seq, 1, hd / 2]);
         let mask = Tensor::ones([seq, seq], (Kind::Bool, self.device())).triu(1); // true above the diagonal
         let mut x = self.embed.index_select(0, &tokens.flatten(0, 1)).view([batch, seq, -1]);
-        for b in &self.blocks {
+        for (l, b) in self.blocks.iter().enumerate() {
             let h = x.rms_norm([self.cfg.d_model as i64], Some(&b.attn_norm), self.cfg.rms_eps);
             let qkv = h.linear::<Tensor>(&b.w_qkv, None).view([batch, seq, nh + 2 * nkv, hd]);
             let qk = rope(&qkv.narrow(2, 0, nh + nkv), &cos, &sin);
             let q = qk.narrow(2, 0, nh).view([batch, seq, nkv, nh / nkv, hd]).permute([0, 2, 3, 1, 4]); // [b, kv, g, seq, hd]
-            let k = qk.narrow(2, nh, nkv).permute([0, 2, 1, 3]).unsqueeze(2); // [b, kv, 1, seq, hd]
-            let v = qkv.narrow(2, nh + nkv, nkv).permute([0, 2, 1, 3]).unsqueeze(2);
-            let w = q.matmul(&k.transpose(3, 4)).masked_fill(&mask, f64::NEG_INFINITY).softmax(-1, Kind::Float);
-            let attn = w.matmul(&v).permute([0, 3, 1, 2, 4]).reshape([batch, seq, nh * hd]); // [b, seq, d]
+            let k = qk.narrow(2, nh, nkv).permute([0, 2, 1, 3]); // [b, kv, seq, hd]
+            let v = qkv.narrow(2, nh + nkv, nkv).permute([0, 2, 1, 3]);
+            let w = q.matmul(&k.unsqueeze(2).transpose(3, 4)).masked_fill(&mask, f64::NEG_INFINITY).softmax(-1, Kind::Float);
+            if let Some(c) = cache.as_deref_mut() {
+                c.layers[l].fill(&k, &v, &w.sum_dim_intlist([2, 3].as_slice(), false, Kind::Float));
+            }
+            let attn = w.matmul(&v.unsqueeze(2)).permute([0, 3, 1, 2, 4]).reshape([batch, seq, nh * hd]); // [b, seq, d]
             x = &x + attn.linear::<Tensor>(&b.w_o, None);
             x = &x + self.ffn(b, &x);
         }

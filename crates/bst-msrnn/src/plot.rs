@@ -25,6 +25,7 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// Plot x on a log-2 scale (budgets k = 64 ... 512), labelled with the raw values.
     pub log2_x: bool,
+    /// Plot ln(y), labelled with y (perplexities that span orders of magnitude).
     pub log_y: bool,
     pub categories: Option<Vec<String>>,
     pub legend: SeriesLabelPosition,
@@ -38,6 +39,7 @@ fn bounds(chart: &Chart) -> Result<(f64, f64, f64, f64)> {
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in chart.series.iter().flat_map(|s| s.points.iter()) {
         let x = if chart.log2_x { x.log2() } else { x };
+        let y = if chart.log_y { y.ln() } else { y };
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
@@ -57,16 +59,10 @@ where
     let y0 = if bars { 0.0 } else { y0 };
     let mut builder = ChartBuilder::on(&root);
     builder.caption(&chart.title, ("sans-serif", 24)).margin(18).x_label_area_size(if bars { 70 } else { 48 }).y_label_area_size(80);
-    if chart.log_y {
-        let mut ctx = builder.build_cartesian_2d(x0..x1, (y0 * 0.9..y1 * 1.1).log_scale()).map_err(err)?;
-        mesh(&mut ctx, chart)?;
-        series(&mut ctx, chart)?;
-    } else {
-        let pad = ((y1 - y0) * 0.08).max(1e-3);
-        let mut ctx = builder.build_cartesian_2d(x0..x1, (y0 - if bars { 0.0 } else { pad })..(y1 + pad)).map_err(err)?;
-        mesh(&mut ctx, chart)?;
-        series(&mut ctx, chart)?;
-    }
+    let pad = ((y1 - y0) * 0.08).max(1e-3);
+    let mut ctx = builder.build_cartesian_2d(x0..x1, (y0 - if bars { 0.0 } else { pad })..(y1 + pad)).map_err(err)?;
+    mesh(&mut ctx, chart)?;
+    series(&mut ctx, chart)?;
     root.present().map_err(err)
 }
 
@@ -78,6 +74,7 @@ where
 {
     let cats = chart.categories.clone();
     let log2 = chart.log2_x;
+    let log_y = chart.log_y;
     let fmt_x = move |x: &f64| match &cats {
         Some(c) if (x - x.round()).abs() < 1e-9 && *x >= 0.0 => c.get(x.round() as usize).cloned().unwrap_or_default(),
         Some(_) => String::new(),
@@ -87,6 +84,8 @@ where
     };
     let n_x = chart.categories.as_ref().map_or(if log2 { 40 } else { 10 }, |c| 2 * c.len() + 3);
     ctx.configure_mesh()
+        .y_labels(12)
+        .y_label_formatter(&|y: &f64| if log_y { significant(y.exp()) } else { significant(*y) })
         .x_desc(&chart.x_desc)
         .y_desc(&chart.y_desc)
         .x_labels(n_x)
@@ -104,7 +103,7 @@ where
     let n = chart.series.len().max(1) as f64;
     for (i, s) in chart.series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let mut pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (if chart.log2_x { x.log2() } else { x }, y)).collect();
+        let mut pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (if chart.log2_x { x.log2() } else { x }, if chart.log_y { y.ln() } else { y })).collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3));
         if chart.categories.is_some() {
@@ -129,6 +128,15 @@ where
         .position(chart.legend.clone())
         .draw()
         .map_err(err)
+}
+
+/// Three significant digits, no exponent for everyday magnitudes.
+fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.digits$}")
 }
 
 /// Renders `chart` to `<stem>.png` and `<stem>.svg` (temp files, then renamed).

@@ -6,7 +6,6 @@
 
 use tch::{Kind, Tensor};
 
-use crate::decode::decode;
 use crate::error::{MsrnnError, Result};
 use crate::gguf_tokenizer::GgufTokenizer;
 use crate::kv_cache::Policy;
@@ -72,7 +71,7 @@ pub struct Row {
 
 /// Kinds of token for the kept-token statistics, from the token's text in the byte-level
 /// alphabet (`Ġ` is a leading space, `Ċ` a newline).
-pub const TOKEN_TYPES: [&str; 8] = ["first token", "newline", "punctuation", "number", "capitalised word", "lowercase word start", "word continuation", "other"];
+pub const TOKEN_TYPES: [&str; 8] = ["first token", "newline", "punctuation", "digit", "Capitalised word", "word start", "word piece", "other"];
 
 pub fn token_type(tok: &GgufTokenizer, id: i64, position: i64) -> usize {
     if position == 0 {
@@ -99,7 +98,7 @@ pub fn token_type(tok: &GgufTokenizer, id: i64, position: i64) -> usize {
 /// Counts of what a cache kept at snapshot steps, pooled over chunks, layers and KV heads.
 #[derive(Debug, Clone, Default)]
 pub struct Kept {
-    /// Per age bucket (see [`age_bucket`]): (kept, present).
+    /// Per age bucket (see [`age_bucket`]), the first token left out: (kept, present).
     pub by_age: Vec<(u64, u64)>,
     /// Per [`TOKEN_TYPES`] entry: (kept, present).
     pub by_type: [(u64, u64); 8],
@@ -137,12 +136,13 @@ impl Kept {
             kept.iter().filter(|&&p| p >= 0).for_each(|&p| is_kept[p as usize] = true);
             for (p, &k) in is_kept.iter().enumerate() {
                 let ty = token_type(tok, seq[p], p as i64);
-                let a = age_bucket(t - p as i64);
-                self.by_age[a].1 += 1;
                 self.by_type[ty].1 += 1;
-                if k {
-                    self.by_age[a].0 += 1;
-                    self.by_type[ty].0 += 1;
+                self.by_type[ty].0 += u64::from(k);
+                // The first token has its own statistic; by age it would stand alone in the last bucket.
+                if p > 0 {
+                    let a = age_bucket(t - p as i64);
+                    self.by_age[a].1 += 1;
+                    self.by_age[a].0 += u64::from(k);
                 }
             }
             self.first_by_layer[layer].1 += 1;
@@ -156,32 +156,78 @@ pub fn snapshot_steps(context: usize, k: usize) -> Vec<i64> {
     (1..=4).map(|q| (q * context / 4) as i64 - 1).filter(|&t| t as usize >= k).collect()
 }
 
-/// Progress callback: (tokens decoded so far in this call, label).
+/// Progress callback: (tokens decoded since the last call, label).
 pub type Progress<'a> = dyn FnMut(usize, &str) + 'a;
 
-/// Decodes `chunks` in batches of `batch` with one policy and budget; returns the log-probs
-/// `[chunks, context - 1]`, the largest cache, the bytes per sequence and the decode seconds.
+/// One setting's result over all chunks.
+pub struct SettingResult {
+    /// `[chunks, context - 1]`
+    pub logprobs: Tensor,
+    pub max_cache_len: usize,
+    pub cache_bytes_per_seq: usize,
+}
+
+/// Decodes `chunks` under every setting at once (one batch row per chunk and setting, see
+/// [`crate::decode_settings`]), `batch` chunks at a time. `snapshot(t, first_chunk, setting,
+/// cache)` sees each setting's cache after step `t`.
 pub fn decode_chunks(
     model: &Llama,
     chunks: &Tensor,
-    policy: Policy,
-    k: Option<usize>,
+    settings: &[(Policy, Option<usize>)],
     batch: usize,
-    mut snapshot: impl FnMut(i64, usize, &crate::KvCache),
+    mut snapshot: impl FnMut(i64, usize, usize, &crate::KvCache),
     progress: &mut Progress,
-) -> Result<(Tensor, usize, usize, f64)> {
-    let n = chunks.size()[0];
-    let (mut parts, mut longest, mut bytes, mut seconds) = (Vec::new(), 0, 0, 0.0);
-    for (i, s) in (0..n).step_by(batch).enumerate() {
+) -> Result<Vec<SettingResult>> {
+    let (n, c) = (chunks.size()[0], chunks.size()[1]);
+    let mut parts: Vec<Vec<Tensor>> = settings.iter().map(|_| Vec::new()).collect();
+    let mut results: Vec<SettingResult> = Vec::new();
+    for s in (0..n).step_by(batch) {
         let rows = (batch as i64).min(n - s);
-        let toks = chunks.narrow(0, s, rows);
-        let t0 = std::time::Instant::now();
-        let out = decode(model, &toks, policy, k, |t, cache| snapshot(t, s as usize, cache))?;
-        seconds += t0.elapsed().as_secs_f64();
-        longest = longest.max(out.max_cache_len);
-        bytes = out.cache_bytes / rows as usize;
-        parts.push(out.logprobs);
-        progress((rows * chunks.size()[1]) as usize, &format!("{policy} k={} batch {}", k.map_or("all".into(), |k| k.to_string()), i + 1));
+        let label = format!("chunks {}-{} of {n}, {} settings", s + 1, s + rows, settings.len());
+        let every = 64;
+        let out = crate::decode_settings(model, &chunks.narrow(0, s, rows), settings, |t, caches| {
+            for (i, cache) in caches.iter().enumerate() {
+                snapshot(t, s as usize, i, cache);
+            }
+            if (t + 1) % every == 0 || t + 1 == c {
+                let steps = if (t + 1) % every == 0 { every } else { (t + 1) % every };
+                progress((steps * rows) as usize * settings.len(), &label);
+            }
+        })?;
+        for (i, d) in out.into_iter().enumerate() {
+            parts[i].push(d.logprobs);
+            match results.get_mut(i) {
+                Some(r) => r.max_cache_len = r.max_cache_len.max(d.max_cache_len),
+                None => results.push(SettingResult { logprobs: Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)), max_cache_len: d.max_cache_len, cache_bytes_per_seq: d.cache_bytes / rows as usize }),
+            }
+        }
     }
-    Ok((Tensor::cat(&parts, 0), longest, bytes, seconds))
+    for (r, p) in results.iter_mut().zip(parts) {
+        r.logprobs = Tensor::cat(&p, 0);
+    }
+    Ok(results)
+}
+
+/// Steady-state decode speed of one setting: `chunks` (a batch) prefilled in parallel up to
+/// the budget `k` (for the full cache: up to `timed` steps before the end), then `timed` steps
+/// decoded and timed with the cache full. Returns tokens per second.
+///
+/// # Shapes
+/// - `chunks`: `[batch, seq]`, `seq >= k + timed`
+pub fn steady_speed(model: &Llama, chunks: &Tensor, policy: Policy, k: Option<usize>, timed: usize) -> Result<f64> {
+    let (batch, seq) = (chunks.size()[0], chunks.size()[1]);
+    let fill = k.map_or(seq - timed as i64, |k| k as i64);
+    if fill < 1 || fill + timed as i64 > seq {
+        return Err(MsrnnError::Config(format!("timing {timed} steps after a cache of {fill} needs chunks longer than {seq}")));
+    }
+    let _guard = tch::no_grad_guard();
+    let mut cache = model.new_cache(policy, k);
+    let mut logits = model.prefill(&chunks.narrow(1, 0, fill), &mut cache);
+    let t0 = std::time::Instant::now();
+    for t in fill..fill + timed as i64 {
+        let lp = crate::llama::token_logprobs(&logits, &chunks.select(1, t));
+        logits = model.step(&chunks.select(1, t), t, &mut cache);
+        drop(lp);
+    }
+    Ok((batch as f64 * timed as f64) / t0.elapsed().as_secs_f64())
 }

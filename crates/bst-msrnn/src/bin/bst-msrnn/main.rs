@@ -84,9 +84,15 @@ struct ScoreArgs {
     /// Score targets predicted from more than FROM tokens of context: `k` (the paper's protocol) or a number.
     #[arg(long, default_value = "k")]
     from: String,
-    /// Chunks decoded together.
+    /// Chunks decoded together (each under every setting: batch x settings rows per step).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Chunks in the speed measurement of each setting (decoded alone, cache full).
+    #[arg(long, default_value_t = 4)]
+    speed_batch: usize,
+    /// Steps timed in the speed measurement.
+    #[arg(long, default_value_t = 64)]
+    speed_steps: usize,
     /// Results folder.
     #[arg(long, default_value = "results/msrnn")]
     out: PathBuf,
@@ -234,6 +240,9 @@ fn score(a: ScoreArgs) -> Result<()> {
     let bounded: Vec<Policy> = policies.iter().copied().filter(|p| *p != Policy::Full).collect();
     let has_full = policies.contains(&Policy::Full);
     let decodes_per_context = bounded.len() * a.ks.len() + usize::from(has_full);
+    if a.speed_batch == 0 || a.speed_steps == 0 {
+        bail!("--speed-batch and --speed-steps must be at least 1");
+    }
     let total: usize = a.contexts.iter().map(|c| c * a.chunks * decodes_per_context).sum();
     eprintln!("[msrnn] {} documents, {} tokens; {} contexts x {} chunks x {} decodes = {} tokens to decode", docs.len(), docs.iter().map(|d| d.1.len()).sum::<usize>(), a.contexts.len(), a.chunks, decodes_per_context, total);
     let mut progress = Progress::new(total);
@@ -241,9 +250,10 @@ fn score(a: ScoreArgs) -> Result<()> {
     let mut kept_all = Vec::new();
     let mut chunk_lists = Vec::new();
     let mut notes = Vec::new();
+    let mut speeds = Vec::new();
     for &c in &a.contexts {
         let chunks = study::pick_chunks(&docs, c, a.chunks).with_context(|| format!("--contexts {c} --chunks {}", a.chunks))?;
-        let (r, kept) = score_context(&model, &tok, &chunks, c, &a, &bounded, has_full, &from, &mut progress, &mut notes)?;
+        let (r, kept) = score_context(&model, &tok, &chunks, c, &a, &bounded, has_full, &from, &mut progress, &mut notes, &mut speeds)?;
         rows.extend(r);
         kept_all.extend(kept);
         chunk_lists.push((c, chunks));
@@ -258,6 +268,12 @@ fn score(a: ScoreArgs) -> Result<()> {
 
 type KeptByK = (usize, usize, Kept);
 
+/// Every (policy, budget) to decode: the unbounded cache once, each bounded policy at each k.
+fn settings(bounded: &[Policy], ks: &[usize], has_full: bool) -> Vec<(Policy, Option<usize>)> {
+    let full = has_full.then_some((Policy::Full, None));
+    full.into_iter().chain(bounded.iter().flat_map(|&p| ks.iter().map(move |&k| (p, Some(k))))).collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn score_context(
     model: &Llama,
@@ -270,69 +286,78 @@ fn score_context(
     from: &dyn Fn(usize) -> Result<usize>,
     progress: &mut Progress,
     notes: &mut Vec<String>,
+    speeds: &mut Vec<(Policy, Option<usize>, f64)>,
 ) -> Result<(Vec<Row>, Vec<KeptByK>)> {
     let flat: Vec<i64> = chunks.iter().flat_map(|ch| ch.tokens.iter().copied()).collect();
     let tokens = Tensor::from_slice(&flat).view([chunks.len() as i64, c as i64]);
     let seqs: Vec<Vec<i64>> = chunks.iter().map(|ch| ch.tokens.clone()).collect();
+    let t0 = Instant::now();
     let topline = tch::no_grad(|| model.logprobs(&tokens));
-    let mut rows = Vec::new();
-    let mut kept_all = Vec::new();
-    let mut add = |policy: Policy, k: usize, lp: &Tensor, longest: usize, bytes: usize, secs: f64| -> Result<()> {
-        let f = from(k)?;
-        let (nll, n) = study::nll_from(lp, f);
-        let (top, _) = study::nll_from(&topline, f);
-        rows.push(Row {
-            context: c,
-            policy: policy.to_string(),
-            k,
-            from: f,
-            chunks: chunks.len(),
-            targets: n,
-            ppl: (nll / n as f64).exp(),
-            topline_ppl: (top / n as f64).exp(),
-            max_cache_len: longest,
-            cache_bytes_per_seq: bytes,
-            tokens_per_s: (chunks.len() * c) as f64 / secs,
-            batch: a.batch,
-        });
-        Ok(())
+    eprintln!("[msrnn] C={c}: causal forward of {} chunks (topline) in {:.0} s", chunks.len(), t0.elapsed().as_secs_f64());
+    let settings = settings(bounded, &a.ks, has_full);
+    let mut kept: Vec<Option<Kept>> = settings.iter().map(|(p, _)| matches!(p, Policy::Tova { head_wise: false, keep_newest: false }).then(Kept::default)).collect();
+    let steps: Vec<Vec<i64>> = settings.iter().map(|(_, k)| study::snapshot_steps(c, k.unwrap_or(c))).collect();
+    let snap = |t: i64, first: usize, i: usize, cache: &bst_msrnn::KvCache| {
+        if let Some(kept) = kept[i].as_mut().filter(|_| steps[i].contains(&t)) {
+            for (l, layer) in cache.layers.iter().enumerate() {
+                let pos = layer.positions();
+                let n = pos.size()[0] as usize;
+                kept.add(tok, l, t, &pos, &seqs[first..first + n]);
+            }
+        }
     };
-    let mut tick = |n: usize, what: &str| progress.advance(n, &format!("C={c} {what}"));
-    if has_full {
-        let (lp, longest, bytes, secs) = study::decode_chunks(model, &tokens, Policy::Full, None, a.batch, |_, _, _| {}, &mut tick)?;
-        let diff = (&lp - &topline).abs().max().double_value(&[]);
-        let note = format!("C={c}: the full cache decoded step by step and the causal forward pass differ by at most {diff:.2e} in any log-probability");
-        eprintln!("\n[msrnn] {note}");
-        notes.push(note);
-        for &k in &a.ks {
-            add(Policy::Full, k, &lp, longest, bytes, secs)?;
+    let t0 = Instant::now();
+    let results = study::decode_chunks(model, &tokens, &settings, a.batch, snap, &mut |n, what| progress.advance(n, &format!("C={c} {what}")))?;
+    let secs = t0.elapsed().as_secs_f64();
+    notes.push(format!("C={c}: {} chunks under {} settings decoded together (batches of {} chunks) in {}, {:.0} tokens/s over all rows", chunks.len(), settings.len(), a.batch, hms(secs), (chunks.len() * c * settings.len()) as f64 / secs));
+    let mut rows = Vec::new();
+    for (&(policy, k), r) in settings.iter().zip(&results) {
+        if k.is_some_and(|k| r.max_cache_len > k) {
+            bail!("internal error: policy {policy} held {} entries with k = {k:?}", r.max_cache_len);
+        }
+        if policy == Policy::Full {
+            let diff = (&r.logprobs - &topline).abs().max().double_value(&[]);
+            let note = format!("C={c}: the full cache decoded step by step and the causal forward pass differ by at most {diff:.2e} in any log-probability");
+            eprintln!("\n[msrnn] {note}");
+            notes.push(note);
+        }
+        // A bounded cache's speed depends on k, not on the chunk length: measured once.
+        let speed = match speeds.iter().find(|(p, kk, _)| *p == policy && *kk == k && k.is_some()) {
+            Some(&(_, _, s)) => s,
+            None => speed_of(model, &tokens, policy, k, a, c)?,
+        };
+        speeds.push((policy, k, speed));
+        for budget in k.map_or_else(|| a.ks.clone(), |k| vec![k]) {
+            let f = from(budget)?;
+            let (nll, n) = study::nll_from(&r.logprobs, f);
+            let (top, _) = study::nll_from(&topline, f);
+            rows.push(Row {
+                context: c,
+                policy: policy.to_string(),
+                k: budget,
+                from: f,
+                chunks: chunks.len(),
+                targets: n,
+                ppl: (nll / n as f64).exp(),
+                topline_ppl: (top / n as f64).exp(),
+                max_cache_len: r.max_cache_len,
+                cache_bytes_per_seq: r.cache_bytes_per_seq,
+                tokens_per_s: speed,
+                batch: a.speed_batch,
+            });
         }
     }
-    for &policy in bounded {
-        for &k in &a.ks {
-            let mut kept = Kept::default();
-            let steps = study::snapshot_steps(c, k);
-            let tova = matches!(policy, Policy::Tova { .. });
-            let snap = |t: i64, first: usize, cache: &bst_msrnn::KvCache| {
-                if tova && steps.contains(&t) {
-                    for (l, layer) in cache.layers.iter().enumerate() {
-                        let pos = layer.positions();
-                        let n = pos.size()[0] as usize;
-                        kept.add(tok, l, t, &pos, &seqs[first..first + n]);
-                    }
-                }
-            };
-            let (lp, longest, bytes, secs) = study::decode_chunks(model, &tokens, policy, Some(k), a.batch, snap, &mut tick)?;
-            if longest > k {
-                bail!("internal error: policy {policy} held {longest} entries with k = {k}");
-            }
-            add(policy, k, &lp, longest, bytes, secs)?;
-            if tova {
-                kept_all.push((c, k, kept));
-            }
-        }
-    }
-    Ok((rows, kept_all))
+    let kept = settings.iter().zip(kept).filter_map(|(&(_, k), s)| Some((c, k?, s?))).collect();
+    Ok((rows, kept))
+}
+
+/// Steady-state tokens/s of one setting on the first `--speed-batch` chunks.
+fn speed_of(model: &Llama, tokens: &Tensor, policy: Policy, k: Option<usize>, a: &ScoreArgs, c: usize) -> Result<f64> {
+    let b = (a.speed_batch as i64).min(tokens.size()[0]);
+    let timed = a.speed_steps.min(c - k.unwrap_or(0));
+    let tps = study::steady_speed(model, &tokens.narrow(0, 0, b), policy, k, timed)?;
+    eprintln!("[msrnn] C={c} speed {policy} k={}: {tps:.1} tokens/s (batch {b}, {timed} steps with the cache full)", k.map_or("all".into(), |k| k.to_string()));
+    Ok(tps)
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {

@@ -155,7 +155,8 @@ fn plots(out: &Path, rows: &[Row], kept: &[(usize, usize, Kept)]) -> Result<Vec<
             log2_x: true,
             log_y: true,
             categories: None,
-            legend: SeriesLabelPosition::UpperRight,
+            // Window is far above the rest: the band between them is free for the legend.
+            legend: SeriesLabelPosition::MiddleRight,
         };
         add(format!("Perplexity against k, {c}-token chunks"), chart, &format!("ppl_vs_k_c{c}"))?;
     }
