@@ -3,11 +3,11 @@ bst-msrnn engine is tested against (parity) and timed against (speed). Written i
 the Rust code, in the plain Hugging Face style: separate Q/K/V and gate/up projections, keys
 repeated over query groups, the cache grown with torch.cat and shrunk with a boolean mask.
 
-  llama_decode.py --model M --tokens T.json --policy tova --k 64 [--threads N] [--out O.json]
+  llama_decode.py --model M --tokens T.json --policy tova[,h2o,...] --k 64 [--threads N] [--out O.json]
 
-T.json is a list of equal-length token-id lists (a batch). Prints one JSON line:
-{"policy", "k", "batch", "seq", "seconds", "tokens_per_s", "max_cache_len"} and writes the
-log-probabilities of every next token (batch x (seq-1)) to --out.
+T.json is a list of equal-length token-id lists (a batch). For each policy (the model is loaded
+once) prints one JSON line {"policy", "k", "batch", "seq", "threads", "seconds", "tokens_per_s",
+"max_cache_len"}; --out gets {policy: log-probabilities of every next token, batch x (seq-1)}.
 Policies as in crates/bst-msrnn/src/kv_cache.rs: full, window, window+I, h2o, tova, tova-headwise,
 tova-keepnew.
 """
@@ -158,7 +158,16 @@ def main():
         torch.set_num_threads(a.threads)
     tokens = torch.tensor(json.load(open(a.tokens)), dtype=torch.long)
     model = Llama(*load(a.model))
-    caches = [Cache(a.policy, a.k) for _ in range(model.cfg["n_layers"])]
+    out = {}
+    for policy in a.policy.split(","):
+        out[policy], line = decode(model, tokens, policy, a.k)
+        print(json.dumps(line), flush=True)
+    if a.out:
+        json.dump(out, open(a.out, "w"))
+
+
+def decode(model, tokens, policy, k):
+    caches = [Cache(policy, k) for _ in range(model.cfg["n_layers"])]
     lps, longest = [], 0
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -168,11 +177,9 @@ def main():
                 lps.append(torch.log_softmax(logits, -1).gather(1, tokens[:, t + 1 : t + 2])[:, 0])
             longest = max(longest, max(c.pos.shape[2] for c in caches))
         seconds = time.perf_counter() - t0
-    n = tokens.numel()
-    if a.out:
-        json.dump(torch.stack(lps, 1).tolist(), open(a.out, "w"))
-    print(json.dumps(dict(policy=a.policy, k=a.k, batch=tokens.shape[0], seq=tokens.shape[1], threads=torch.get_num_threads(),
-                          seconds=seconds, tokens_per_s=n / seconds, max_cache_len=longest)))
+    line = dict(policy=policy, k=k, batch=tokens.shape[0], seq=tokens.shape[1], threads=torch.get_num_threads(),
+                seconds=seconds, tokens_per_s=tokens.numel() / seconds, max_cache_len=longest)
+    return torch.stack(lps, 1).tolist(), line
 
 
 if __name__ == "__main__":

@@ -4,8 +4,26 @@
 //! TOVA), and the perplexity study of the paper's Sec. 5 on our held-out books.
 //!
 //! Shapes follow the workspace convention: `[batch, seq, d_model]`, heads as `[batch, heads, seq,
-//! head_dim]`; the cache API is in [`kv_cache`] (model-agnostic: any attention layer with
-//! per-layer keys and values, grouped or not, can use it).
+//! head_dim]`.
+//!
+//! # Using the bounded cache from another model
+//!
+//! The cache knows nothing of llama: any attention layer with per-layer keys and values (grouped
+//! KV heads or not) can decode through it. Per layer and per step (see [`kv_cache`] for details):
+//!
+//! ```ignore
+//! let mut cache = KvCache::new(n_layers, "tova".parse::<Policy>()?, Some(k)); // per sequence batch
+//! // inside layer `l`, one new token per sequence at absolute position `t`:
+//! let layer = &mut cache.layers[l];
+//! layer.append(&k_rotated, &v, t);                  // [batch, kv_heads, 1, head_dim] each
+//! let w = scores(&q, &layer.keys()).softmax(-1, Kind::Float); // over at most k + 1 entries
+//! let out = w.matmul(&layer.values());
+//! layer.observe(&w.view([batch, q_heads, -1]));     // the policy scores and evicts one if over k
+//! ```
+//!
+//! The policy decides from the current query's post-softmax weights only (plus, for H2O, the
+//! weights it has accumulated), so it needs nothing from the model but those weights. [`decode`]
+//! and [`Llama::step_groups`] show the whole loop, several policies sharing one batch.
 
 pub mod decode; // token-by-token engine over a batch of equal-length sequences
 pub mod error; // MsrnnError: files, metadata keys, tensor types, policies, by name

@@ -27,6 +27,8 @@ pub struct Chart {
     pub log2_x: bool,
     /// Plot ln(y), labelled with y (perplexities that span orders of magnitude).
     pub log_y: bool,
+    /// Start the y axis at 0 (speeds: a cropped axis would exaggerate noise).
+    pub y_from_zero: bool,
     pub categories: Option<Vec<String>>,
     pub legend: SeriesLabelPosition,
 }
@@ -56,11 +58,11 @@ where
     let (x0, x1, y0, y1) = bounds(chart)?;
     let bars = chart.categories.is_some();
     let (x0, x1) = if bars { (-0.6, x1 + 0.6) } else { (x0 - (x1 - x0).max(1.0) * 0.06, x1 + (x1 - x0).max(1.0) * 0.06) };
-    let y0 = if bars { 0.0 } else { y0 };
+    let y0 = if bars || chart.y_from_zero { 0.0 } else { y0 };
     let mut builder = ChartBuilder::on(&root);
     builder.caption(&chart.title, ("sans-serif", 24)).margin(18).x_label_area_size(if bars { 70 } else { 48 }).y_label_area_size(80);
     let pad = ((y1 - y0) * 0.08).max(1e-3);
-    let mut ctx = builder.build_cartesian_2d(x0..x1, (y0 - if bars { 0.0 } else { pad })..(y1 + pad)).map_err(err)?;
+    let mut ctx = builder.build_cartesian_2d(x0..x1, (y0 - if bars || chart.y_from_zero { 0.0 } else { pad })..(y1 + pad)).map_err(err)?;
     mesh(&mut ctx, chart)?;
     series(&mut ctx, chart)?;
     root.present().map_err(err)

@@ -48,7 +48,7 @@ pub fn nll_from(logprobs: &Tensor, from: usize) -> (f64, i64) {
 }
 
 /// One (policy, k) measurement of one context length.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     pub context: usize,
     pub policy: String,
@@ -126,7 +126,8 @@ impl Kept {
         if self.first_by_layer.len() <= layer {
             self.first_by_layer.resize(layer + 1, (0, 0));
         }
-        let n_buckets = age_bucket(t) + 1;
+        // Ages of positions 1..=t reach t - 1 (position 0 is counted apart).
+        let n_buckets = age_bucket((t - 1).max(0)) + 1;
         if self.by_age.len() < n_buckets {
             self.by_age.resize(n_buckets, (0, 0));
         }

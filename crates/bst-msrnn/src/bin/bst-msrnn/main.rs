@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use tch::{Device, Kind, Tensor};
 
 use bst_msrnn::study::{self, Chunk, Kept, Row};
-use bst_msrnn::{decode, GgufFile, GgufTokenizer, Llama, Policy};
+use bst_msrnn::{GgufFile, GgufTokenizer, Llama, Policy};
 
 mod report;
 
@@ -38,6 +38,12 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Decode tokens/s of this engine and of scripts/reference/llama_decode.py on the same chunks.
     Bench(BenchArgs),
+    /// Re-render the plots of a finished `score` run from its CSVs (no decoding).
+    Replot {
+        /// The run's results folder.
+        #[arg(default_value = "results/msrnn")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -119,9 +125,10 @@ struct BenchArgs {
     context: usize,
     #[arg(long, default_value_t = 64)]
     k: usize,
-    #[arg(long, default_value = "tova")]
-    policy: String,
-    /// Sequences decoded together (the same for both engines).
+    /// Policies (comma-separated): bst-msrnn decodes them in one batch, the reference one after another.
+    #[arg(long, default_value = "tova", value_delimiter = ',')]
+    policy: Vec<String>,
+    /// Chunks decoded together (the same for both engines).
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Python with torch and gguf.
@@ -137,6 +144,7 @@ fn main() -> Result<()> {
         Cmd::Score(a) => score(a),
         Cmd::Generate(a) => generate(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::Replot { dir } => report::replot(&dir, &report::git_commit(), &report::now()),
     }
 }
 
@@ -236,6 +244,8 @@ fn score(a: ScoreArgs) -> Result<()> {
         }
     };
     let (model, tok) = setup(&a.common)?;
+    // Taken before the long run, so that edits made meanwhile do not mark the results dirty.
+    let prov = report::Provenance::now();
     let docs = documents(&a.texts, &tok)?;
     let bounded: Vec<Policy> = policies.iter().copied().filter(|p| *p != Policy::Full).collect();
     let has_full = policies.contains(&Policy::Full);
@@ -261,7 +271,7 @@ fn score(a: ScoreArgs) -> Result<()> {
     eprintln!();
     let total_secs = progress.start.elapsed().as_secs_f64();
     notes.push(format!("wall time of the whole command: {} for {total} decoded tokens", hms(total_secs)));
-    report::write(&a.out, &rows, &kept_all, &chunk_lists, &notes, &report::Provenance::now())?;
+    report::write(&a.out, &rows, &kept_all, &chunk_lists, &notes, &prov)?;
     eprintln!("[msrnn] wrote {}", a.out.display());
     Ok(())
 }
@@ -385,43 +395,66 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let policy: Policy = a.policy.parse().context("--policy")?;
-    policy.validate(a.k).context("--k")?;
+    let policies = parse_policies(&a.policy).context("--policy")?;
+    for p in &policies {
+        p.validate(a.k).context("--k")?;
+    }
+    if a.k >= a.context {
+        bail!("--k {} must be below --context {}", a.k, a.context);
+    }
     let (model, tok) = setup(&a.common)?;
     let docs = documents(&a.texts, &tok)?;
     let chunks = study::pick_chunks(&docs, a.context, a.batch).with_context(|| format!("--context {} --batch {}", a.context, a.batch))?;
     let rows: Vec<Vec<i64>> = chunks.iter().map(|c| c.tokens.clone()).collect();
-    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
-    let tokens = Tensor::from_slice(&flat).view([a.batch as i64, a.context as i64]);
+    let tokens = Tensor::from_slice(&rows.concat()).view([a.batch as i64, a.context as i64]);
+    let settings: Vec<(Policy, Option<usize>)> = policies.iter().map(|&p| (p, Some(a.k))).collect();
     let t0 = Instant::now();
-    let ours = decode(&model, &tokens, policy, Some(a.k), |_, _| {})?;
+    let ours = bst_msrnn::decode_settings(&model, &tokens, &settings, |_, _| {})?;
     let ours_s = t0.elapsed().as_secs_f64();
+    let (py_s, theirs) = run_reference(&a, &rows, &policies)?;
+    let diff = ours.iter().zip(&theirs).map(|(o, t)| (&o.logprobs - t).abs().max().double_value(&[])).fold(0.0, f64::max);
+    let n = (a.batch * a.context * policies.len()) as f64;
+    let (ours_tps, py_tps) = (n / ours_s, n / py_s);
+    let names = a.policy.join(",");
+    let threads = tch::get_num_threads();
+    println!("policies {names} k {} batch {} context {} threads {threads}: bst-msrnn {ours_tps:.1} tok/s, PyTorch eager {py_tps:.1} tok/s, ratio {:.2}x; max |logprob difference| {diff:.2e}", a.k, a.batch, a.context, ours_tps / py_tps);
+    report::append_bench(&a.csv, &report::BenchRow { policies: names, k: a.k, batch: a.batch, context: a.context, threads, ours_tokens_per_s: ours_tps, pytorch_tokens_per_s: py_tps, ratio: ours_tps / py_tps, max_abs_logprob_diff: diff, date: report::now(), commit: report::git_commit() })
+}
+
+/// Runs scripts/reference/llama_decode.py on the same chunks with the same threads, one policy
+/// after another (its decode loop); returns its decode seconds (summed) and log-probabilities.
+fn run_reference(a: &BenchArgs, rows: &[Vec<i64>], policies: &[Policy]) -> Result<(f64, Vec<Tensor>)> {
     let dir = tempfile_dir()?;
     let (tok_path, out_path) = (dir.join("tokens.json"), dir.join("logprobs.json"));
-    std::fs::write(&tok_path, serde_json::to_string(&rows)?)?;
-    let threads = tch::get_num_threads();
+    std::fs::write(&tok_path, serde_json::to_string(rows)?)?;
+    let names: Vec<String> = policies.iter().map(|p| p.to_string()).collect();
     let py = std::process::Command::new(&a.python)
         .args(["scripts/reference/llama_decode.py", "--model"])
         .arg(&a.common.model)
         .arg("--tokens")
         .arg(&tok_path)
-        .args(["--policy", &policy.to_string(), "--k", &a.k.to_string(), "--threads", &threads.to_string(), "--out"])
+        .args(["--policy", &names.join(","), "--k", &a.k.to_string(), "--threads", &tch::get_num_threads().to_string(), "--out"])
         .arg(&out_path)
         .output()
         .with_context(|| format!("--python {}", a.python.display()))?;
     if !py.status.success() {
         bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&py.stderr));
     }
-    let line: serde_json::Value = serde_json::from_slice(py.stdout.trim_ascii()).context("reading the reference's JSON line")?;
-    let theirs: Vec<Vec<f32>> = serde_json::from_str(&std::fs::read_to_string(&out_path)?)?;
-    let theirs = Tensor::from_slice(&theirs.concat()).view([a.batch as i64, -1]);
-    let diff = (&ours.logprobs - theirs).abs().max().double_value(&[]);
-    let n = (a.batch * a.context) as f64;
-    let (ours_tps, py_tps) = (n / ours_s, line["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+    let mut secs = 0.0;
+    for line in String::from_utf8_lossy(&py.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("reading the reference's line {line:?}"))?;
+        secs += v["seconds"].as_f64().context("the reference's line has no seconds")?;
+    }
+    let mut all: std::collections::HashMap<String, Vec<Vec<f32>>> = serde_json::from_str(&std::fs::read_to_string(&out_path)?)?;
     let _ = std::fs::remove_dir_all(&dir);
-    println!("policy {policy} k {} batch {} context {} threads {threads}: bst-msrnn {ours_tps:.1} tok/s, PyTorch eager {py_tps:.1} tok/s, ratio {:.2}x; max |logprob difference| {diff:.2e}", a.k, a.batch, a.context, ours_tps / py_tps);
-    report::append_bench(&a.csv, &report::BenchRow { policy: policy.to_string(), k: a.k, batch: a.batch, context: a.context, threads, ours_tokens_per_s: ours_tps, pytorch_tokens_per_s: py_tps, ratio: ours_tps / py_tps, max_abs_logprob_diff: diff, date: report::now(), commit: report::git_commit() })?;
-    Ok(())
+    let lps = names
+        .iter()
+        .map(|n| {
+            let lp = all.remove(n).with_context(|| format!("the reference's output lacks {n}"))?;
+            Ok(Tensor::from_slice(&lp.concat()).view([rows.len() as i64, -1]))
+        })
+        .collect::<Result<_>>()?;
+    Ok((secs, lps))
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

@@ -54,7 +54,8 @@ impl Provenance {
 
 #[derive(serde::Serialize)]
 pub struct BenchRow {
-    pub policy: String,
+    /// Comma-separated: several are decoded in one batch by bst-msrnn, in turn by the reference.
+    pub policies: String,
     pub k: usize,
     pub batch: usize,
     pub context: usize,
@@ -154,9 +155,10 @@ fn plots(out: &Path, rows: &[Row], kept: &[(usize, usize, Kept)]) -> Result<Vec<
             series,
             log2_x: true,
             log_y: true,
+            y_from_zero: false,
             categories: None,
-            // Window is far above the rest: the band between them is free for the legend.
-            legend: SeriesLabelPosition::MiddleRight,
+            // Window falls from the top left; the top right stays free for the legend.
+            legend: SeriesLabelPosition::UpperRight,
         };
         add(format!("Perplexity against k, {c}-token chunks"), chart, &format!("ppl_vs_k_c{c}"))?;
     }
@@ -171,45 +173,52 @@ type Add<'a> = dyn FnMut(String, Chart, &str) -> Result<()> + 'a;
 
 fn kept_plots(c: usize, kept: &[(usize, usize, Kept)], add: &mut Add) -> Result<()> {
     let of_c: Vec<&(usize, usize, Kept)> = kept.iter().filter(|(cc, _, _)| *cc == c).collect();
-    let n_buckets = of_c.iter().map(|(_, _, s)| s.by_age.len()).max().unwrap_or(0);
+    // Trailing buckets nothing reached (older than any token) would only be empty bars.
+    let n_buckets = of_c.iter().map(|(_, _, s)| s.by_age.iter().rposition(|&(_, n)| n > 0).map_or(0, |b| b + 1)).max().unwrap_or(0);
     let age_labels: Vec<String> = (0..n_buckets).map(|b| if b == 0 { "0".into() } else { format!("{}-{}", bucket_start(b), bucket_start(b + 1) - 1) }).collect();
-    let by_age = of_c.iter().map(|(_, k, s)| Series { label: format!("k = {k}"), points: s.by_age.iter().enumerate().map(|(b, &v)| (b as f64, rate(v))).collect(), reference: false }).collect();
+    let by_age = of_c.iter().map(|(_, k, s)| Series { label: format!("k = {k}"), points: s.by_age.iter().take(n_buckets).enumerate().map(|(b, &v)| (b as f64, rate(v))).collect(), reference: false }).collect();
     add(
         format!("TOVA: share of cached tokens by age, {c}-token chunks"),
-        Chart { title: format!("TOVA: which past tokens are kept, by age ({c}-token chunks)"), x_desc: "age of the token (steps before the current one)".into(), y_desc: "share kept (layers, heads, chunks pooled)".into(), series: by_age, log2_x: false, log_y: false, categories: Some(age_labels), legend: SeriesLabelPosition::UpperRight },
+        Chart { title: format!("TOVA: which past tokens are kept, by age ({c}-token chunks)"), x_desc: "age of the token (steps before the current one)".into(), y_desc: "share kept (layers, heads, chunks pooled)".into(), series: by_age, log2_x: false, log_y: false, y_from_zero: false, categories: Some(age_labels), legend: SeriesLabelPosition::UpperRight },
         "tova_kept_by_age",
     )?;
     let by_type = of_c.iter().map(|(_, k, s)| Series { label: format!("k = {k}"), points: s.by_type.iter().enumerate().map(|(t, &v)| (t as f64, rate(v))).collect(), reference: false }).collect();
     add(
         format!("TOVA: share of cached tokens by kind, {c}-token chunks"),
-        Chart { title: format!("TOVA: which past tokens are kept, by kind ({c}-token chunks)"), x_desc: "kind of token".into(), y_desc: "share of such tokens kept".into(), series: by_type, log2_x: false, log_y: false, categories: Some(TOKEN_TYPES.iter().map(|s| s.to_string()).collect()), legend: SeriesLabelPosition::UpperRight },
+        Chart { title: format!("TOVA: which past tokens are kept, by kind ({c}-token chunks)"), x_desc: "kind of token".into(), y_desc: "share of such tokens kept".into(), series: by_type, log2_x: false, log_y: false, y_from_zero: false, categories: Some(TOKEN_TYPES.iter().map(|s| s.to_string()).collect()), legend: SeriesLabelPosition::UpperRight },
         "tova_kept_by_type",
     )?;
     let first = of_c.iter().map(|(_, k, s)| Series { label: format!("k = {k}"), points: s.first_by_layer.iter().enumerate().map(|(l, &v)| (l as f64, rate(v))).collect(), reference: false }).collect();
     add(
         format!("TOVA: is the first token in the cache, per layer ({c}-token chunks)"),
-        Chart { title: format!("TOVA: share of caches holding the first token, per layer ({c}-token chunks)"), x_desc: "layer".into(), y_desc: "share of (chunk, snapshot) caches with token 0".into(), series: first, log2_x: false, log_y: false, categories: None, legend: SeriesLabelPosition::LowerRight },
+        Chart { title: format!("TOVA: share of caches holding the first token, per layer ({c}-token chunks)"), x_desc: "layer".into(), y_desc: "share of (chunk, snapshot) caches with token 0".into(), series: first, log2_x: false, log_y: false, y_from_zero: false, categories: None, legend: SeriesLabelPosition::LowerRight },
         "tova_first_token_by_layer",
     )
 }
 
 fn speed_and_memory(rows: &[Row], add: &mut Add) -> Result<()> {
-    let mut speed = Vec::new();
+    // Bounded caches were timed once (their speed depends on k, not on C): one line per policy.
+    let first_c = rows.first().map_or(0, |r| r.context);
+    let mut speed: Vec<Series> = policies(rows)
+        .into_iter()
+        .filter(|p| p != "full")
+        .map(|p| Series { points: rows.iter().filter(|r| r.context == first_c && r.policy == p).map(|r| (r.k as f64, r.tokens_per_s)).collect(), label: p, reference: false })
+        .collect();
     for c in contexts(rows) {
-        for p in policies(rows) {
-            let points = rows.iter().filter(|r| r.context == c && r.policy == p).map(|r| (r.k as f64, r.tokens_per_s)).collect();
-            speed.push(Series { label: format!("{p}, C = {c}"), points, reference: p == "full" });
+        let pts: Vec<(f64, f64)> = rows.iter().filter(|r| r.context == c && r.policy == "full").map(|r| (r.k as f64, r.tokens_per_s)).collect();
+        if !pts.is_empty() {
+            speed.push(Series { label: format!("full cache of {c} tokens"), points: pts, reference: true });
         }
     }
     let batch = rows.first().map_or(0, |r| r.batch);
     add(
         "Decode tokens/s against k".into(),
-        Chart { title: format!("Decode speed against k (batch of {batch} chunks, wall clock)"), x_desc: "cache budget k (log scale)".into(), y_desc: "tokens decoded per second".into(), series: speed, log2_x: true, log_y: false, categories: None, legend: SeriesLabelPosition::LowerLeft },
+        Chart { title: format!("Decode speed with a full cache of k entries (batch of {batch})"), x_desc: "cache budget k (log scale)".into(), y_desc: "tokens decoded per second (wall clock)".into(), series: speed, log2_x: true, log_y: false, y_from_zero: true, categories: None, legend: SeriesLabelPosition::LowerRight },
         "speed_vs_k",
     )?;
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     let mut mem: Vec<Series> = Vec::new();
-    let bounded: Vec<(f64, f64)> = rows.iter().filter(|r| r.policy != "full" && r.context == rows[0].context).map(|r| (r.k as f64, mib(r.cache_bytes_per_seq))).collect();
+    let bounded: Vec<(f64, f64)> = rows.iter().filter(|r| r.policy != "full" && r.context == first_c).map(|r| (r.k as f64, mib(r.cache_bytes_per_seq))).collect();
     mem.push(Series { label: "bounded cache (every policy)".into(), points: bounded, reference: false });
     for c in contexts(rows) {
         let pts: Vec<(f64, f64)> = rows.iter().filter(|r| r.context == c && r.policy == "full").map(|r| (r.k as f64, mib(r.cache_bytes_per_seq))).collect();
@@ -219,9 +228,53 @@ fn speed_and_memory(rows: &[Row], add: &mut Add) -> Result<()> {
     }
     add(
         "Cache memory against k".into(),
-        Chart { title: "Key/value cache per sequence against k (f32, all layers)".into(), x_desc: "cache budget k (log scale)".into(), y_desc: "MiB per sequence".into(), series: mem, log2_x: true, log_y: true, categories: None, legend: SeriesLabelPosition::LowerRight },
+        Chart { title: "Key/value cache per sequence against k (f32, all layers)".into(), x_desc: "cache budget k (log scale)".into(), y_desc: "MiB per sequence".into(), series: mem, log2_x: true, log_y: false, y_from_zero: true, categories: None, legend: SeriesLabelPosition::UpperLeft },
         "cache_bytes_vs_k",
     )
+}
+
+/// Re-renders the plots of a finished `score` run from its `ppl.csv` and `kept.csv` (the
+/// numbers are not recomputed) and notes it at the end of `report.md`.
+pub fn replot(out: &Path, commit: &str, date: &str) -> Result<()> {
+    let mut rows = Vec::new();
+    let path = out.join("ppl.csv");
+    for r in csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?.deserialize() {
+        rows.push(r.with_context(|| format!("a row of {}", path.display()))?);
+    }
+    let kept = read_kept(&out.join("kept.csv"))?;
+    let made = plots(out, &rows, &kept)?;
+    let report = out.join("report.md");
+    let mut md = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+    let _ = writeln!(md, "\nPlots ({} files) re-rendered from `ppl.csv` and `kept.csv` by `bst-msrnn replot` at commit `{commit}`, {date}; the numbers are those of the run above.", made.len() * 2);
+    std::fs::write(&report, md).with_context(|| format!("writing {}", report.display()))?;
+    Ok(())
+}
+
+fn read_kept(path: &Path) -> Result<Vec<(usize, usize, Kept)>> {
+    let mut out: Vec<(usize, usize, Kept)> = Vec::new();
+    for rec in csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?.records() {
+        let rec = rec?;
+        let num = |i: usize| -> Result<u64> { rec.get(i).unwrap_or("").parse().with_context(|| format!("{}: column {i} of {rec:?}", path.display())) };
+        let (c, k, what, bin, kept, present) = (num(0)? as usize, num(1)? as usize, rec.get(2).unwrap_or(""), rec.get(3).unwrap_or(""), num(4)?, num(5)?);
+        if !out.iter().any(|(cc, kk, _)| *cc == c && *kk == k) {
+            out.push((c, k, Kept::default()));
+        }
+        let s = &mut out.iter_mut().find(|(cc, kk, _)| *cc == c && *kk == k).expect("pushed above").2;
+        match what {
+            "age_from" => {
+                let start: i64 = bin.parse().with_context(|| format!("{}: age bin {bin}", path.display()))?;
+                s.by_age.push((kept, present));
+                anyhow::ensure!(bucket_start(s.by_age.len() - 1) == start, "{}: age bins out of order at {start}", path.display());
+            }
+            "type" => {
+                let t = TOKEN_TYPES.iter().position(|n| *n == bin).with_context(|| format!("{}: unknown token kind {bin}", path.display()))?;
+                s.by_type[t] = (kept, present);
+            }
+            "first_token_layer" => s.first_by_layer.push((kept, present)),
+            other => anyhow::bail!("{}: unknown statistic {other}", path.display()),
+        }
+    }
+    Ok(out)
 }
 
 fn markdown(rows: &[Row], kept: &[(usize, usize, Kept)], chunks: &[(usize, Vec<Chunk>)], notes: &[String], prov: &Provenance, plots: &[(String, PathBuf)]) -> String {
@@ -288,5 +341,5 @@ fn speed_table(s: &mut String, rows: &[Row]) {
     for r in rows {
         let _ = writeln!(s, "| {} | {} | {} | {:.1} | {:.2} |", r.context, r.policy, r.k, r.tokens_per_s, r.cache_bytes_per_seq as f64 / 1048576.0);
     }
-    let _ = writeln!(s, "\nTokens/s are wall clock over the whole decode, batch of {} chunks; on a shared machine they are indicative only. `full` rows repeat one decode for every k.\n", rows.first().map_or(0, |r| r.batch));
+    let _ = writeln!(s, "\nTokens/s: each setting decoded alone on a batch of {} chunks, prefilled in parallel up to k (the full cache: up to the last timed steps), then timed over the next steps with the cache full; wall clock on a shared machine, so indicative only. Bounded caches are timed once (their speed depends on k, not on C); `full` rows repeat one measurement for every k. Cache bytes are f32 keys and values of all 30 layers for one sequence.\n", rows.first().map_or(0, |r| r.batch));
 }
