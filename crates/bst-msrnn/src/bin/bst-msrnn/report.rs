@@ -228,7 +228,7 @@ fn speed_and_memory(rows: &[Row], add: &mut Add) -> Result<()> {
     }
     add(
         "Cache memory against k".into(),
-        Chart { title: "Key/value cache per sequence against k (f32, all layers)".into(), x_desc: "cache budget k (log scale)".into(), y_desc: "MiB per sequence".into(), series: mem, log2_x: true, log_y: false, y_from_zero: true, categories: None, legend: SeriesLabelPosition::UpperLeft },
+        Chart { title: "Key/value cache per sequence against k (f32, all layers)".into(), x_desc: "cache budget k (log scale)".into(), y_desc: "MiB per sequence".into(), series: mem, log2_x: true, log_y: false, y_from_zero: true, categories: None, legend: SeriesLabelPosition::LowerRight },
         "cache_bytes_vs_k",
     )
 }
