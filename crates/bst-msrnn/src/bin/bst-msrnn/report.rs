@@ -228,7 +228,7 @@ fn speed_and_memory(rows: &[Row], add: &mut Add) -> Result<()> {
     }
     add(
         "Cache memory against k".into(),
-        Chart { title: "Key/value cache per sequence against k (f32, all layers)".into(), x_desc: "cache budget k (log scale)".into(), y_desc: "MiB per sequence".into(), series: mem, log2_x: true, log_y: false, y_from_zero: true, categories: None, legend: SeriesLabelPosition::LowerRight },
+        Chart { title: "Key/value cache per sequence against k (f32, all layers)".into(), x_desc: "cache budget k (log scale)".into(), y_desc: "MiB per sequence".into(), series: mem, log2_x: true, log_y: false, y_from_zero: true, categories: None, legend: SeriesLabelPosition::Coordinate(520, 110) },
         "cache_bytes_vs_k",
     )
 }
@@ -244,7 +244,12 @@ pub fn replot(out: &Path, commit: &str, date: &str) -> Result<()> {
     let kept = read_kept(&out.join("kept.csv"))?;
     let made = plots(out, &rows, &kept)?;
     let report = out.join("report.md");
-    let mut md = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+    let old = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+    // Only the latest re-rendering is noted.
+    let mut md: String = old.lines().filter(|l| !(l.starts_with("Plots (") && l.contains("re-rendered"))).map(|l| format!("{l}\n")).collect();
+    while md.ends_with("\n\n") {
+        md.pop();
+    }
     let _ = writeln!(md, "\nPlots ({} files) re-rendered from `ppl.csv` and `kept.csv` by `bst-msrnn replot` at commit `{commit}`, {date}; the numbers are those of the run above.", made.len() * 2);
     std::fs::write(&report, md).with_context(|| format!("writing {}", report.display()))?;
     Ok(())
