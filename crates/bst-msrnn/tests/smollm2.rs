@@ -175,8 +175,9 @@ fn every_policy_matches_the_eager_pytorch_reference_and_batching_changes_nothing
     let (tok_file, out_file) = (dir.path().join("tokens.json"), dir.path().join("out.json"));
     std::fs::write(&tok_file, serde_json::to_string(&rows).unwrap()).unwrap();
     let policies = ["full", "window", "window+4", "h2o", "tova", "tova-headwise", "tova-keepnew"];
+    // One thread: on a shared machine, libtorch's spinning worker threads slow a small batch down a lot.
     let (model, tokens, out) = (model_path(), tok_file.to_str().unwrap().to_string(), out_file.to_str().unwrap().to_string());
-    run_python(&["scripts/reference/llama_decode.py", "--model", model.to_str().unwrap(), "--tokens", &tokens, "--policy", &policies.join(","), "--k", "10", "--out", &out], None);
+    run_python(&["scripts/reference/llama_decode.py", "--model", model.to_str().unwrap(), "--tokens", &tokens, "--policy", &policies.join(","), "--k", "10", "--threads", "1", "--out", &out], None);
     let theirs: std::collections::HashMap<String, Vec<Vec<f32>>> = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     for name in policies {
         let p: Policy = name.parse().unwrap();
