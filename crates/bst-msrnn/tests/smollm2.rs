@@ -37,6 +37,8 @@ struct Loaded {
 fn loaded() -> std::sync::MutexGuard<'static, Loaded> {
     static L: OnceLock<Mutex<Loaded>> = OnceLock::new();
     L.get_or_init(|| {
+        // One thread, like the reference: two spinning workers crawl when the cores are shared.
+        tch::set_num_threads(1);
         let g = GgufFile::open(model_path()).expect("open the GGUF");
         let tok = GgufTokenizer::from_gguf(&g).expect("tokenizer");
         let model = Llama::from_gguf(&g, Device::Cpu).expect("weights");
