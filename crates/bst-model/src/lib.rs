@@ -13,6 +13,7 @@ pub mod config; // Architecture (paper names), ModelConfig ([model]) and the lay
 pub mod device; // DeviceChoice: auto | cpu | cuda[:N]
 pub mod error; // ModelError: invalid configurations (full dotted key), divergence, checkpoints, autocast
 pub mod eval; // loss, perplexity and bits per byte over a split
+pub mod length_eval; // length generalisation: every evaluation length scored on the same targets
 pub mod lm; // LanguageModel: embedding, layers from the plan, head; LmState (every mixer's carried state); score
 pub mod optimizer; // AdamW over tensors, parameter groups decided at construction (its state goes into checkpoints)
 pub mod run_config; // RunConfig: everything one training run needs, validated as a whole
@@ -25,6 +26,7 @@ pub use config::{Architecture, LayerKind, LayerPlan, ModelConfig};
 pub use device::DeviceChoice;
 pub use error::ModelError;
 pub use eval::{evaluate, evaluate_with_precision, AnswerMetrics, DistanceBucket, EvalMetrics};
+pub use length_eval::{evaluate_lengths, LengthEvalConfig, LengthResult};
 pub use lm::{LanguageModel, LmState};
 pub use run_config::RunConfig;
 pub use schedule::lr_at;

@@ -70,6 +70,17 @@ impl RunConfig {
             self.validate_lra(lra)?;
         }
         self.validate_episodes()?;
+        if let Some(le) = &t.length_eval {
+            let lengths = le.lengths(t.seq_len).map_err(|f| ModelError::invalid("train.length_eval.factors", f, format!("factor x train.seq_len = {} must be a whole number of tokens", t.seq_len)))?;
+            for (e, (multiple, key)) in lengths.iter().flat_map(|&e| self.length_multiples(&plan).into_iter().map(move |m| (e, m))) {
+                if e % multiple != 0 {
+                    return Err(ModelError::invalid("train.length_eval.factors", &le.factors, format!("the length {e} is not a multiple of {key} = {multiple}")));
+                }
+            }
+            if le.factors.is_empty() || le.stretches == 0 || le.batch == 0 {
+                return Err(ModelError::invalid("train.length_eval", &le.factors, "needs at least one factor, stretches >= 1 and batch >= 1"));
+            }
+        }
         Ok(plan)
     }
 

@@ -53,6 +53,10 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// Save a checkpoint every this many steps (0 = only at the end and on interruption).
     pub checkpoint_every: usize,
+    /// Length generalisation on the same targets at several lengths (see
+    /// [`crate::length_eval`]); absent: not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length_eval: Option<crate::LengthEvalConfig>,
     /// Precision of forward passes in training and evaluation: `"f32"`, or `"bf16"` = autocast to
     /// bfloat16 on the run's device (CUDA; CPU autocast works too but is slow without native
     /// bf16). FFT convolutions, SSM kernels and the loss stay f32; weights, gradients and
@@ -82,6 +86,7 @@ impl Default for TrainConfig {
             eval_length_factors: vec![1],
             grad_accum: 1,
             checkpoint_every: 0,
+            length_eval: None,
             precision: Precision::F32,
         }
     }

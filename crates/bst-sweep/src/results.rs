@@ -26,14 +26,23 @@ pub fn longer_factors<'a>(records: impl Iterator<Item = &'a RunRecord>) -> Vec<u
     f
 }
 
-/// The header of runs.csv for these keys and longer evaluation lengths (`test_bpb_x<factor>`).
-pub fn header(keys: &[String], factors: &[usize], answers: bool) -> Vec<String> {
-    let longer = factors.iter().map(|f| format!("test_bpb_x{f}"));
+/// Factors of the same-target length evaluation present in any record.
+fn length_factors<'a>(records: impl Iterator<Item = &'a RunRecord>) -> Vec<f64> {
+    let mut f: Vec<f64> = records.flat_map(|r| r.length_eval.iter().map(|l| l.factor)).collect();
+    f.sort_by(f64::total_cmp);
+    f.dedup();
+    f
+}
+
+/// The header of runs.csv for these keys, longer evaluation lengths (`test_bpb_x<factor>`) and
+/// same-target length evaluations (`length_bpb_x<factor>`).
+pub fn header(keys: &[String], factors: &[usize], length: &[f64], answers: bool) -> Vec<String> {
+    let longer = factors.iter().map(|f| format!("test_bpb_x{f}")).chain(length.iter().map(|f| format!("length_bpb_x{f}")));
     let answer_cols = ANSWER_METRICS.iter().filter(|_| answers).map(|s| s.to_string());
     LEAD.iter().map(|s| s.to_string()).chain(keys.iter().cloned()).chain(METRICS.iter().map(|s| s.to_string())).chain(longer).chain(answer_cols).chain(["error".to_string()]).collect()
 }
 
-fn finished_row(r: &RunRecord, keys: &[String], factors: &[usize], answers: bool) -> Vec<String> {
+fn finished_row(r: &RunRecord, keys: &[String], factors: &[usize], length: &[f64], answers: bool) -> Vec<String> {
     let mut cells = vec![r.run_id.clone(), r.studies.join(" "), r.variant.clone()];
     cells.extend(keys.iter().map(|k| config_value(&r.config, k)));
     cells.extend([
@@ -61,6 +70,7 @@ fn finished_row(r: &RunRecord, keys: &[String], factors: &[usize], answers: bool
         r.provenance.date.clone(),
     ]);
     cells.extend(factors.iter().map(|f| r.longer.iter().find(|l| l.factor == *f).map(|l| format!("{:.4}", l.test.bits_per_byte)).unwrap_or_default()));
+    cells.extend(length.iter().map(|f| r.length_eval.iter().find(|l| l.factor == *f).map(|l| format!("{:.4}", l.bits_per_byte)).unwrap_or_default()));
     if answers {
         let a = r.test.answers.as_ref();
         cells.extend([a.map(|a| format!("{:.4}", a.accuracy)), a.map(|a| format!("{:.4}", a.bits)), a.map(|a| a.count.to_string())].map(Option::unwrap_or_default));
@@ -69,9 +79,9 @@ fn finished_row(r: &RunRecord, keys: &[String], factors: &[usize], answers: bool
     cells
 }
 
-fn row(o: &Outcome, studies: &str, keys: &[String], factors: &[usize], answers: bool) -> Vec<String> {
+fn row(o: &Outcome, studies: &str, keys: &[String], factors: &[usize], length: &[f64], answers: bool) -> Vec<String> {
     match o {
-        Outcome::Finished(r) => finished_row(r, keys, factors, answers),
+        Outcome::Finished(r) => finished_row(r, keys, factors, length, answers),
         Outcome::Failed(f) => {
             let mut cells = vec![f.run_id.clone(), studies.to_owned(), f.variant.clone()];
             cells.extend(keys.iter().map(|k| config_value(&f.config, k)));
@@ -83,7 +93,7 @@ fn row(o: &Outcome, studies: &str, keys: &[String], factors: &[usize], answers: 
             metrics[METRICS.len() - 2] = f.provenance.device.clone();
             metrics[METRICS.len() - 1] = f.provenance.date.clone();
             cells.extend(metrics);
-            cells.extend(std::iter::repeat_n(String::new(), factors.len() + if answers { ANSWER_METRICS.len() } else { 0 }));
+            cells.extend(std::iter::repeat_n(String::new(), factors.len() + length.len() + if answers { ANSWER_METRICS.len() } else { 0 }));
             cells.push(f.error.clone());
             cells
         }
@@ -94,11 +104,12 @@ fn row(o: &Outcome, studies: &str, keys: &[String], factors: &[usize], answers: 
 /// run's study names (a failed run's record does not hold them).
 pub fn write_csv(path: &Path, keys: &[String], outcomes: &[(&Outcome, String)]) -> Result<(), SweepError> {
     let factors = longer_factors(outcomes.iter().filter_map(|(o, _)| o.record()));
+    let length = length_factors(outcomes.iter().filter_map(|(o, _)| o.record()));
     let answers = outcomes.iter().filter_map(|(o, _)| o.record()).any(|r| r.test.answers.is_some());
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(header(keys, &factors, answers)).map_err(SweepError::file(path))?;
+    w.write_record(header(keys, &factors, &length, answers)).map_err(SweepError::file(path))?;
     for (o, studies) in outcomes {
-        w.write_record(row(o, studies, keys, &factors, answers)).map_err(SweepError::file(path))?;
+        w.write_record(row(o, studies, keys, &factors, &length, answers)).map_err(SweepError::file(path))?;
     }
     write_atomically(path, &w.into_inner().map_err(SweepError::file(path))?)
 }

@@ -128,6 +128,9 @@ pub struct RunRecord {
     pub test: EvalMetrics,
     /// Test scores at the longer evaluation lengths (`train.eval_length_factors` after 1).
     pub longer: Vec<LengthEval>,
+    /// Length generalisation on the same targets (`train.length_eval`).
+    #[serde(default)]
+    pub length_eval: Vec<bst_model::LengthResult>,
     /// The run continued from a checkpoint of an earlier launch.
     pub resumed_from_step: Option<usize>,
     #[serde(deserialize_with = "bst_model::eval::f64_or_nan")]
@@ -149,6 +152,7 @@ struct Scores {
     valid: EvalMetrics,
     test: EvalMetrics,
     longer: Vec<LengthEval>,
+    length_eval: Vec<bst_model::LengthResult>,
     unigram_test_bpb: f64,
 }
 
@@ -173,6 +177,7 @@ impl RunRecord {
             valid: scores.valid,
             test: scores.test,
             longer: scores.longer,
+            length_eval: scores.length_eval,
             resumed_from_step,
             unigram_test_bpb: scores.unigram_test_bpb,
             provenance: Provenance::now(device),
@@ -349,7 +354,11 @@ fn execute_lm(
     let t = &cfg.train;
     let eval = |stream, factor: usize| evaluate_with_precision(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device, t.precision);
     let longer = t.eval_length_factors.iter().skip(1).map(|&factor| Ok(LengthEval { factor, seq_len: t.seq_len * factor, test: eval(&data.test, factor)? })).collect::<Result<Vec<_>, ModelError>>()?;
-    let scores = Scores { valid: eval(&data.valid, 1)?, test: eval(&data.test, 1)?, longer, unigram_test_bpb: data.stats.unigram_test_bpb };
+    let length_eval = match &t.length_eval {
+        Some(le) => bst_model::evaluate_lengths(&model, &data.test, t.seq_len, le, device, t.precision)?,
+        None => Vec::new(),
+    };
+    let scores = Scores { valid: eval(&data.valid, 1)?, test: eval(&data.test, 1)?, longer, length_eval, unigram_test_bpb: data.stats.unigram_test_bpb };
     Ok(RunRecord::new(spec, params, &outcome, scores, resumed_from_step, device))
 }
 
@@ -371,7 +380,7 @@ fn execute_lra(spec: &RunSpec, data: &LraDataset, dir: &Path, device: Device, lo
         let answers = Some(AnswerMetrics { count: c.examples, accuracy: c.accuracy, bits, by_distance: Vec::new() });
         Ok(EvalMetrics { tokens: c.examples, bytes: f64::NAN, loss: c.loss, ppl: c.loss.exp(), bits_per_token: bits, bits_per_byte: f64::NAN, answers })
     };
-    let scores = Scores { valid: eval(SplitName::Valid)?, test: eval(SplitName::Test)?, longer: Vec::new(), unigram_test_bpb: f64::NAN };
+    let scores = Scores { valid: eval(SplitName::Valid)?, test: eval(SplitName::Test)?, longer: Vec::new(), length_eval: Vec::new(), unigram_test_bpb: f64::NAN };
     Ok(RunRecord::new(spec, params, &outcome, scores, resumed_from_step, device))
 }
 

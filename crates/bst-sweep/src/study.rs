@@ -17,17 +17,22 @@ use crate::stats::{Comparison, Summary, ALPHA};
 pub enum Metric {
     /// Test bits per byte (language models).
     TestBpb,
+    /// Test perplexity per token (what the paper's tables report; only comparable between runs
+    /// with one tokenizer).
+    TestPpl,
     /// Test accuracy on the answers of a synthetic task, or on the labels of a classification task.
     AnswerAccuracy,
 }
 
 impl Metric {
+    /// The metrics a study is reported and plotted in (perplexity goes into paper tables only).
     pub const ALL: [Metric; 2] = [Metric::TestBpb, Metric::AnswerAccuracy];
 
     /// The value for one evaluation, if the metric applies to it.
     pub fn of(self, m: &EvalMetrics) -> Option<f64> {
         match self {
             Metric::TestBpb => Some(m.bits_per_byte).filter(|v| v.is_finite()),
+            Metric::TestPpl => Some(m.ppl).filter(|v| v.is_finite() && m.answers.is_none()),
             Metric::AnswerAccuracy => m.answers.as_ref().map(|a| a.accuracy),
         }
     }
@@ -35,6 +40,7 @@ impl Metric {
     pub fn name(self) -> &'static str {
         match self {
             Metric::TestBpb => "test bits per byte",
+            Metric::TestPpl => "test perplexity",
             Metric::AnswerAccuracy => "test accuracy",
         }
     }
@@ -43,6 +49,7 @@ impl Metric {
     pub fn axis(self) -> &'static str {
         match self {
             Metric::TestBpb => "test bits per byte (lower is better)",
+            Metric::TestPpl => "test perplexity per token (lower is better)",
             Metric::AnswerAccuracy => "test accuracy, fraction correct (higher is better)",
         }
     }
@@ -50,16 +57,20 @@ impl Metric {
     pub fn file_suffix(self) -> &'static str {
         match self {
             Metric::TestBpb => "bpb",
+            Metric::TestPpl => "ppl",
             Metric::AnswerAccuracy => "accuracy",
         }
     }
 
     fn lower_is_better(self) -> bool {
-        self == Metric::TestBpb
+        self != Metric::AnswerAccuracy
     }
 
     fn decimals(self) -> usize {
-        3
+        match self {
+            Metric::TestPpl => 2,
+            _ => 3,
+        }
     }
 }
 
@@ -83,6 +94,16 @@ impl Cell<'_> {
     pub fn longer_summary(&self, metric: Metric, factor: usize) -> Option<Summary> {
         let values: Vec<f64> = self.records.iter().filter_map(|r| r.longer.iter().find(|l| l.factor == factor)).filter_map(|l| metric.of(&l.test)).collect();
         Summary::of(&values)
+    }
+
+    /// Bits per byte of the same-target length evaluation at `factor` over the seeds.
+    pub fn length_summary(&self, factor: f64) -> Option<Summary> {
+        Summary::of(&self.records.iter().filter_map(|r| r.length_eval.iter().find(|l| l.factor == factor)).map(|l| l.bits_per_byte).collect::<Vec<_>>())
+    }
+
+    /// Mean parameter count over the seeds.
+    pub fn params(&self) -> Option<f64> {
+        (!self.records.is_empty()).then(|| self.records.iter().map(|r| r.params as f64).sum::<f64>() / self.records.len() as f64)
     }
 
     fn value(&self, key: &str) -> Option<&str> {
@@ -146,6 +167,7 @@ fn x_desc(x: &str) -> String {
         "ssm.state_size" => "SSM state size N".into(),
         "attn.window" => "window W (tokens)".into(),
         "model.context_states" => "context states S".into(),
+        "params" => "parameters (millions)".into(),
         other => other.into(),
     }
 }
@@ -162,12 +184,42 @@ fn x_short(x: &str) -> &str {
     }
 }
 
+/// The same-target length evaluation of a study's configurations (`plot_x = "eval_length"`):
+/// bits per byte against the evaluated length, one line per configuration, log x.
+fn length_chart(study: &Study, cells: &[Cell], title_prefix: &str) -> Option<Chart> {
+    let mut palette = Palette::default();
+    let series: Vec<Series> = cells
+        .iter()
+        .filter_map(|c| {
+            let r = c.records.first()?;
+            let points: Vec<(f64, f64, f64)> = r.length_eval.iter().filter_map(|l| c.length_summary(l.factor).map(|s| (l.eval_len as f64, s.mean, s.sd))).collect();
+            (!points.is_empty()).then(|| Series { label: c.label_without(None), color: palette.color(&r.arch), points, style: Style::Line })
+        })
+        .collect();
+    (!series.is_empty()).then(|| Chart {
+        title: format!("{title_prefix}{}: test bits per byte against the evaluated length (same targets; mean ± sd over seeds)", study.name),
+        x_desc: "evaluated length (tokens; trained at train.seq_len)".into(),
+        y_desc: Metric::TestBpb.axis().into(),
+        x: XAxis::Log,
+        log_y: false,
+        series,
+        bands: Vec::new(),
+    })
+}
+
 /// The study's chart of `metric`: numeric x as lines with ± sd bands, categories as dots with
-/// error bars, variants that do not vary along x as horizontal reference bands.
+/// error bars, variants that do not vary along x as horizontal reference bands. `plot_x` may
+/// also be `params` (the mean parameter count) or `eval_length` (see [`length_chart`]).
 pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) -> Option<Chart> {
     let x = study.x.as_deref();
+    if x == Some("eval_length") {
+        return if metric == Metric::TestBpb { length_chart(study, cells, title_prefix) } else { None };
+    }
     let key = x.map(axis_key);
-    let along = |c: &Cell| key.and_then(|k| c.value(k)).map(|v| x_label(x.unwrap_or(""), v));
+    let along = |c: &Cell| match x {
+        Some("params") => c.params().map(|p| format!("{:.3}", p / 1e6)),
+        _ => key.and_then(|k| c.value(k)).map(|v| x_label(x.unwrap_or(""), v)),
+    };
     let mut labels: Vec<String> = Vec::new();
     for c in cells.iter().filter(|c| c.summary(metric).is_some()) {
         let l = along(c).unwrap_or_else(|| c.variant.clone());
