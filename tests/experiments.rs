@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use bst::sweep::Sweep;
+use std::time::Duration;
+
+use bst::sweep::{run_sweep, Sweep, SweepOptions};
 
 #[test]
 fn every_experiment_file_and_profile_is_valid() {
@@ -14,5 +16,32 @@ fn every_experiment_file_and_profile_is_valid() {
     for file in files {
         let sweep = Sweep::load(&file, None, &[]).unwrap_or_else(|e| panic!("{e}"));
         assert!(!sweep.runs.is_empty(), "{}: no runs", file.display());
+    }
+}
+
+/// Every experiment file has a `smoke` profile, and it trains, evaluates and publishes end to end
+/// (a few steps of tiny models): a file whose runs no longer train fails here, not in a user's
+/// hour-long sweep.
+#[test]
+fn every_experiment_file_runs_end_to_end_under_its_smoke_profile() {
+    tch::set_num_threads(1);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    files.sort();
+    let out = tempfile::tempdir().unwrap();
+    for file in files {
+        let mut opts = SweepOptions::new(&file);
+        opts.profile = Some("smoke".into());
+        opts.results_root = out.path().to_path_buf();
+        opts.device = "cpu".parse().unwrap();
+        opts.progress = false;
+        opts.log_every = Duration::ZERO;
+        opts.fail_fast = true;
+        let outcome = run_sweep(&opts).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+        assert_eq!(outcome.failed, 0, "{}", file.display());
+        assert_eq!(outcome.trained, outcome.sweep.runs.len(), "{}: every run trained", file.display());
+        let csv = std::fs::read_to_string(outcome.results_dir.join("runs.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + outcome.sweep.runs.len(), "{}: one row per run", file.display());
+        assert!(outcome.results_dir.join("report.md").exists(), "{}", file.display());
     }
 }

@@ -13,9 +13,24 @@ use crate::grid::RunSpec;
 /// Steps timed per model (after one untimed warm-up step).
 const TIMED_STEPS: usize = 2;
 
+/// Activation memory a timing step may take here before it is skipped: a GPU profile's model
+/// dry-run on a CPU would otherwise train a 200M-parameter model at 4k tokens for minutes and
+/// run out of memory.
+const MAX_STEP_BYTES: f64 = 4e9;
+
+/// A rough upper bound of a training step's activation memory (about 32 f32 values per token,
+/// channel and layer).
+fn step_bytes(cfg: &RunConfig) -> f64 {
+    let m = &cfg.model;
+    (cfg.train.batch_size * cfg.train.seq_len * m.d_model * m.n_layers) as f64 * 32.0 * 4.0
+}
+
 /// Training tokens per second of `cfg`'s model on `device` (random tokens, one micro-batch of
-/// the run's batch size and length per step).
+/// the run's batch size and length per step); `None` for a model too large to time on the CPU.
 fn throughput(cfg: &RunConfig, device: Device) -> Option<f64> {
+    if device == Device::Cpu && step_bytes(cfg) > MAX_STEP_BYTES {
+        return None;
+    }
     let vs = nn::VarStore::new(device);
     let vocab = cfg.lra.as_ref().map_or(cfg.data.vocab(), |_| 256);
     let model = cfg.build_model(&vs.root(), vocab).ok()?;

@@ -95,6 +95,36 @@ pub struct Study {
     pub keys: Vec<String>,
     /// Its variant names, in file order.
     pub variants: Vec<String>,
+    /// The paper's findings this study tests, each as a pair of its configurations.
+    pub claims: Vec<Claim>,
+}
+
+/// A finding of the paper that one configuration of a study beats another on the study's metric
+/// (`[[study.claim]]`); the report gives it a verdict: reproduced, contradicted, or not resolvable
+/// at this scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The finding in words, with the notes' confirmation tag.
+    pub text: String,
+    pub better: Selector,
+    pub worse: Selector,
+}
+
+/// One configuration of a study: a variant and the values of the keys it varies along.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selector {
+    pub variant: String,
+    pub point: Vec<(String, Value)>,
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.variant)?;
+        for (k, v) in &self.point {
+            write!(f, " {k}={}", display_value(v))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a run sits in one study.
@@ -224,6 +254,22 @@ struct RawStudy {
     exclude: Vec<Table>,
     #[serde(default)]
     variant: Vec<Table>,
+    #[serde(default)]
+    claim: Vec<RawClaim>,
+}
+
+/// A claim as written: `better` and `worse` name variants; `better_at` / `worse_at` give the
+/// values of the study's varying keys that pin each one to a single configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaim {
+    text: String,
+    better: String,
+    worse: String,
+    #[serde(default)]
+    better_at: Table,
+    #[serde(default)]
+    worse_at: Table,
 }
 
 /// A variant as written: its name, the axes it is not crossed with, and its keys.
@@ -318,6 +364,7 @@ impl RawSweep {
                     Some(v) => v.try_into().map_err(|_| "`variant` must be an array of tables ([[variant]])".to_string())?,
                     None => Vec::new(),
                 },
+                claim: Vec::new(),
             }],
         };
         if studies.is_empty() {
@@ -358,6 +405,11 @@ impl RawSweep {
                         let study = out.studies.iter_mut().find(|s| s.name == name).ok_or_else(|| format!("{at}: no study named `{name}` (studies: {})", names.join(", ")))?;
                         let Value::Table(changes) = changes else { return Err(format!("{at}.{name} must be a table")) };
                         for (part, t) in changes {
+                            if part == "claim" {
+                                // the profile's claims replace the file's (its grid names other configurations)
+                                study.claim = t.try_into().map_err(|e| format!("{at}.{name}.claim: {e}"))?;
+                                continue;
+                            }
                             let Value::Table(t) = t else { return Err(format!("{at}.{name}.{part} must be a table")) };
                             apply_study(study, &part, t).map_err(|e| format!("{at}.{name}: {e}"))?;
                         }
@@ -418,8 +470,11 @@ fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expan
     let speed = raw.speed.clone().map(|t| SpeedConfig::from_table(t, &raw.base)).transpose()?;
     let mut runs: Vec<RunSpec> = Vec::new();
     let mut studies = Vec::new();
+    // A grid changed on the command line may drop the configurations a claim names: the claim is
+    // then left out rather than refused.
+    let grid_overridden = overrides.iter().any(|o| o.values.len() > 1);
     for s in &raw.studies {
-        let (study, members) = expand_study(s, &raw.base, &raw.meta.seeds)?;
+        let (study, members) = expand_study(s, &raw.base, &raw.meta.seeds, grid_overridden)?;
         for (config, plan, membership) in members {
             let run_id = run_id(&config);
             match runs.iter_mut().find(|r| r.run_id == run_id) {
@@ -432,8 +487,12 @@ fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expan
     Ok((raw.meta, studies, runs, speed))
 }
 
+/// Axes a study may plot that are measured rather than configured: the parameter count, and the
+/// evaluation length of `train.length_eval`.
+pub const DERIVED_X: [&str; 2] = ["params", "eval_length"];
+
 /// One study's runs as (configuration, plan, membership).
-fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64]) -> Result<(Study, Vec<(RunConfig, LayerPlan, Membership)>), String> {
+fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64], lenient_claims: bool) -> Result<(Study, Vec<(RunConfig, LayerPlan, Membership)>), String> {
     let at = |m: String| format!("study `{}`: {m}", s.name);
     let grid = axes(&s.grid, "grid").map_err(at)?;
     let zip = zip_axis(&s.zip).map_err(at)?;
@@ -445,8 +504,8 @@ fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64]) -> Result<(Study, Vec
         }
     }
     if let Some(x) = &s.plot_x {
-        if !keys.contains(&axis_key(x).to_string()) {
-            return Err(at(format!("plot_x = `{x}` is not one of its varying keys ({})", keys.join(", "))));
+        if !keys.contains(&axis_key(x).to_string()) && !DERIVED_X.contains(&x.as_str()) {
+            return Err(at(format!("plot_x = `{x}` is neither one of its varying keys ({}) nor one of {}", keys.join(", "), DERIVED_X.join(", "))));
         }
     }
     let mut members = Vec::new();
@@ -479,7 +538,10 @@ fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64]) -> Result<(Study, Vec
             }
         }
     }
+    let claims = s.claim.iter().enumerate().map(|(i, c)| claim(c, &members).map_err(|m| at(format!("claim {}: {m}", i + 1))));
+    let claims = if lenient_claims { claims.filter_map(Result::ok).collect() } else { claims.collect::<Result<Vec<_>, _>>()? };
     let study = Study {
+        claims,
         name: s.name.clone(),
         description: s.description.clone(),
         paper: s.paper.clone(),
@@ -489,6 +551,25 @@ fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64]) -> Result<(Study, Vec
         variants: variants.into_iter().map(|v| v.name).collect(),
     };
     Ok((study, members))
+}
+
+/// A claim whose two sides each name exactly one configuration of the study.
+fn claim(c: &RawClaim, members: &[(RunConfig, LayerPlan, Membership)]) -> Result<Claim, String> {
+    let side = |name: &str, variant: &str, at: &Table| -> Result<Selector, String> {
+        let point: Vec<(String, Value)> = flatten(at, "");
+        let mut found: Vec<&Membership> = members.iter().map(|(_, _, m)| m).filter(|m| m.variant == variant && point.iter().all(|(k, v)| m.point.iter().any(|(mk, mv)| mk == k && mv == v))).collect();
+        found.dedup_by(|a, b| a.point == b.point);
+        match found.as_slice() {
+            [m] => Ok(Selector { variant: variant.to_string(), point: m.point.clone() }),
+            _ => {
+                let mut all: Vec<String> = members.iter().map(|(_, _, m)| Selector { variant: m.variant.clone(), point: m.point.clone() }.to_string()).collect();
+                all.dedup();
+                let how = if found.is_empty() { "matches no configuration".to_string() } else { format!("matches several configurations (pin the varying keys with `{name}_at`)") };
+                Err(format!("{name} = `{}` {how}; the study has: {}", Selector { variant: variant.to_string(), point }, all.join("; ")))
+            }
+        }
+    };
+    Ok(Claim { text: c.text.clone(), better: side("better", &c.better, &c.better_at)?, worse: side("worse", &c.worse, &c.worse_at)? })
 }
 
 /// The configuration key behind a plotted axis (`count(model.ssm_layers)` plots a count of it).

@@ -20,7 +20,7 @@ pub mod report; // report.md's frame: provenance, data, failures
 pub mod results; // runs.csv: one row per run that ended
 pub mod run; // one run: data cache, training, evaluation, its folder, result.json / failure.json
 pub mod speed; // the layer-speed study: one layer per architecture against L, forward and backward
-pub mod stats; // mean, sd and Welch's t-test over seeds
+pub mod stats; // mean, sd, and paired or Welch t-tests over seeds
 pub mod study; // one study read back: configurations over seeds, comparisons, chart, report section
 
 use std::path::{Path, PathBuf};
@@ -156,7 +156,9 @@ fn dry_run(sweep: &Sweep, runs: &[&RunSpec], device: tch::Device, results_dir: &
         ));
     }
     let speed = sweep.speed.as_ref().map_or(String::new(), |s| format!(" + the speed study ({} layers x {} lengths x {} directions, capped at {:.0} s per point)", s.archs.len(), s.lengths.len(), s.directions.len(), s.cap_s));
-    lines.push(format!("{} runs in {} studies; estimated training and evaluation time of those not ended: ~{} on {}{speed}", runs.len(), sweep.studies.len(), progress::duration(total), bst_model::device::describe(device)));
+    let unknown = estimates.iter().filter(|e| e.is_none()).count();
+    let unknown = if unknown > 0 { format!(" ({unknown} runs without an estimate: too large to time on this device, or their model failed to build)") } else { String::new() };
+    lines.push(format!("{} runs in {} studies; estimated training and evaluation time of those not ended: ~{} on {}{unknown}{speed}", runs.len(), sweep.studies.len(), progress::duration(total), bst_model::device::describe(device)));
     lines.join("\n")
 }
 

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use bst_model::EvalMetrics;
 
-use crate::grid::{axis_key, display_value, Study, Sweep};
+use crate::grid::{axis_key, display_value, Claim, Selector, Study, Sweep};
 use crate::plot::{Band, Chart, Palette, Series, Style, XAxis};
 use crate::run::{Outcome, RunRecord};
 use crate::stats::{Comparison, Summary, ALPHA};
@@ -99,6 +99,21 @@ impl Cell<'_> {
     /// Bits per byte of the same-target length evaluation at `factor` over the seeds.
     pub fn length_summary(&self, factor: f64) -> Option<Summary> {
         Summary::of(&self.records.iter().filter_map(|r| r.length_eval.iter().find(|l| l.factor == factor)).map(|l| l.bits_per_byte).collect::<Vec<_>>())
+    }
+
+    /// The metric of each seed.
+    fn by_seed(&self, metric: Metric) -> BTreeMap<u64, f64> {
+        self.records.iter().filter_map(|r| metric.of(&r.test).map(|v| (r.seed, v))).collect()
+    }
+
+    /// This configuration against `other` over the seeds: paired when both ran the same seeds
+    /// (two or more), Welch's test otherwise.
+    pub fn compare(&self, other: &Cell, metric: Metric) -> Option<Comparison> {
+        let (a, b) = (self.by_seed(metric), other.by_seed(metric));
+        if a.len() >= 2 && a.keys().eq(b.keys()) {
+            return Comparison::paired(&a.iter().map(|(s, v)| (*v, b[s])).collect::<Vec<_>>());
+        }
+        Comparison::welch(&self.summary(metric)?, &other.summary(metric)?)
     }
 
     /// Mean parameter count over the seeds.
@@ -281,7 +296,7 @@ pub fn comparisons<'a>(study: &Study, cells: &'a [Cell<'a>], metric: Metric) -> 
         for b in cells.iter().filter(|b| study.baselines.contains(&b.variant)) {
             let agrees = b.point.iter().all(|(k, v)| c.value(k).is_none_or(|cv| cv == v));
             if let (true, Some(cs), Some(bs)) = (agrees, c.summary(metric), b.summary(metric)) {
-                out.push((c, b, cs, bs, Comparison::welch(&cs, &bs)));
+                out.push((c, b, cs, bs, c.compare(b, metric)));
             }
         }
     }
@@ -301,8 +316,8 @@ fn comparison_sentence(metric: Metric, c: &Cell, b: &Cell, cs: &Summary, bs: &Su
     };
     let x_note = x.and_then(|x| c.value(axis_key(x)).map(|v| format!(" ({} {})", x_short(x), x_label(x, v)))).unwrap_or_default();
     let verdict = match cmp {
-        Some(t) if t.significant() => format!("**exceeds the seed spread** (Welch t = {:.2}, df = {:.1}, p = {:.3})", t.t, t.df, t.p),
-        Some(t) => format!("within the seed spread (Welch t = {:.2}, df = {:.1}, p = {:.2})", t.t, t.df, t.p),
+        Some(t) if t.significant() => format!("**exceeds the seed spread** ({} = {:.2}, df = {:.1}, p = {:.3})", t.test_name(), t.t, t.df, t.p),
+        Some(t) => format!("within the seed spread ({} = {:.2}, df = {:.1}, p = {:.2})", t.test_name(), t.t, t.df, t.p),
         None => "cannot be judged (fewer than two seeds, or no spread)".into(),
     };
     format!(
@@ -312,6 +327,78 @@ fn comparison_sentence(metric: Metric, c: &Cell, b: &Cell, cs: &Summary, bs: &Su
         bs.display(d),
         if better { "better" } else { "worse" }
     )
+}
+
+/// What our runs say about one of the paper's claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// In the paper's direction, and the difference exceeds the seed spread.
+    Reproduced,
+    /// Against the paper's direction, and the difference exceeds the seed spread.
+    Contradicted,
+    /// Within the seed spread (or too few seeds to tell).
+    NotResolvable,
+    /// A side has no finished run.
+    NotRun,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Reproduced => "reproduced",
+            Verdict::Contradicted => "contradicted",
+            Verdict::NotResolvable => "not resolvable at this scale",
+            Verdict::NotRun => "not run yet",
+        }
+    }
+}
+
+impl Cell<'_> {
+    fn is(&self, s: &Selector) -> bool {
+        self.variant == s.variant && self.point.len() == s.point.len() && s.point.iter().all(|(k, v)| self.value(k) == Some(display_value(v).as_str()))
+    }
+}
+
+/// The verdict on `claim`, with one sentence of evidence.
+pub fn verdict(claim: &Claim, cells: &[Cell], metric: Metric) -> (Verdict, String) {
+    let cell = |s: &Selector| cells.iter().find(|c| c.is(s));
+    let (Some(bc), Some(wc)) = (cell(&claim.better), cell(&claim.worse)) else {
+        return (Verdict::NotRun, format!("{} or {} has no finished run", claim.better, claim.worse));
+    };
+    let (Some(b), Some(w)) = (bc.summary(metric), wc.summary(metric)) else {
+        return (Verdict::NotRun, format!("{} or {} has no finished run", claim.better, claim.worse));
+    };
+    let d = metric.decimals();
+    let evidence = format!("{} {} vs {} {}", claim.better, b.display(d), claim.worse, w.display(d));
+    let (v, why) = judge(&b, &w, bc.compare(wc, metric), metric.lower_is_better());
+    (v, format!("{evidence}{why}"))
+}
+
+/// Whether `better` beats `worse` beyond the seed spread (by the test `cmp` of the two), with
+/// the test's numbers.
+fn judge(better: &Summary, worse: &Summary, cmp: Option<Comparison>, lower_is_better: bool) -> (Verdict, String) {
+    let agrees = if lower_is_better { better.mean < worse.mean } else { better.mean > worse.mean };
+    match cmp {
+        Some(t) if t.significant() => (if agrees { Verdict::Reproduced } else { Verdict::Contradicted }, format!(" ({} p = {:.3})", t.test_name(), t.p)),
+        Some(t) => (Verdict::NotResolvable, format!(": within the seed spread (p = {:.2}), {} the paper's direction", t.p, if agrees { "leaning with" } else { "leaning against" })),
+        None => (Verdict::NotResolvable, ": fewer than two seeds on a side".into()),
+    }
+}
+
+/// The study's claims with their verdicts, as markdown lines.
+fn claims_section(study: &Study, cells: &[Cell], metric: Metric) -> String {
+    let mut out = String::new();
+    if study.claims.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "**Verdicts on the paper's findings** ({}; a t-test over seeds, paired where both sides ran the same seeds, p < {ALPHA}):
+", metric.axis());
+    for c in &study.claims {
+        let (v, evidence) = verdict(c, cells, metric);
+        let _ = writeln!(out, "- {}: **{}**. {evidence}.", c.text, v.name());
+    }
+    out.push('\n');
+    out
 }
 
 /// The study's section of report.md.
@@ -346,9 +433,11 @@ pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) 
         row.push(if c.failures > 0 { c.failures.to_string() } else { String::new() });
         let _ = writeln!(out, "| {} |", row.join(" | "));
     }
+    out.push('\n');
+    out.push_str(&claims_section(study, cells, metric));
     let cmps = comparisons(study, cells, metric);
     if !cmps.is_empty() {
-        let _ = writeln!(out, "\n**Against the baselines** ({}; Welch's t-test over seeds, a difference exceeds the seed spread when p < {ALPHA}; BST layers numbered from 1 as in the paper):\n", metric.axis());
+        let _ = writeln!(out, "\n**Against the baselines** ({}; a t-test over seeds, paired where both ran the same seeds (a seed fixes the initialisation and the data order of every configuration) and Welch's otherwise; a difference exceeds the seed spread when p < {ALPHA}; BST layers numbered from 1 as in the paper):\n", metric.axis());
         for (c, b, cs, bs, cmp) in &cmps {
             let _ = writeln!(out, "{}", comparison_sentence(metric, c, b, cs, bs, cmp, study.x.as_deref()));
         }
@@ -365,6 +454,18 @@ pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdicts_need_the_paper_direction_beyond_the_seed_spread() {
+        let s = |v: &[f64]| Summary::of(v).unwrap();
+        let (low, high, overlapping) = (s(&[1.00, 1.01, 1.02]), s(&[1.20, 1.21, 1.22]), s(&[1.00, 1.30, 0.90]));
+        let j = |a: &Summary, b: &Summary, lower: bool| judge(a, b, Comparison::welch(a, b), lower).0;
+        assert_eq!(j(&low, &high, true), Verdict::Reproduced);
+        assert_eq!(j(&high, &low, true), Verdict::Contradicted);
+        assert_eq!(j(&high, &low, false), Verdict::Reproduced, "higher is better for accuracy");
+        assert_eq!(j(&low, &overlapping, true), Verdict::NotResolvable);
+        assert_eq!(j(&s(&[1.0]), &high, true), Verdict::NotResolvable, "one seed judges nothing");
+    }
 
     #[test]
     fn layer_indices_are_shown_as_the_paper_counts() {

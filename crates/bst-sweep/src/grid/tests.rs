@@ -231,3 +231,77 @@ fn config_values_read_any_dotted_key() {
     assert_eq!(config_value(&r.config, "model.arch"), "BST:SH:S4D");
     assert_eq!(config_value(&r.config, "model.nothing"), "");
 }
+
+/// A placement study with two claims of the paper, and a profile that moves the grid.
+const CLAIMS: &str = r#"
+[sweep]
+name = "c"
+seeds = [0, 1]
+[base]
+model.n_layers = 3
+model.d_model = 32
+model.n_heads = 2
+attn.window = 16
+train.seq_len = 64
+[[study]]
+name = "placement"
+baselines = ["SLIDE"]
+[study.grid]
+model.ssm_layers = [[0], [1]]
+[[study.claim]]
+text = "middle beats lowest"
+better = "BST"
+better_at = { model.ssm_layers = [1] }
+worse = "BST"
+worse_at = { model.ssm_layers = [0] }
+[[study.claim]]
+text = "BST beats SLIDE"
+better = "BST"
+better_at = { model.ssm_layers = [1] }
+worse = "SLIDE"
+[[study.variant]]
+name = "BST"
+model.arch = "BST:SH:S4D"
+[[study.variant]]
+name = "SLIDE"
+model.arch = "SLIDE"
+not_crossed_with = ["model.ssm_layers"]
+[profiles.deep.base]
+model.n_layers = 4
+[profiles.deep.study.placement.grid]
+model.ssm_layers = [[2], [3]]
+[[profiles.deep.study.placement.claim]]
+text = "upper beats top"
+better = "BST"
+better_at = { model.ssm_layers = [2] }
+worse = "BST"
+worse_at = { model.ssm_layers = [3] }
+"#;
+
+#[test]
+fn claims_name_one_configuration_each_and_profiles_replace_them() {
+    let s = load(CLAIMS, None, &[]).unwrap();
+    let claims = &s.study("placement").unwrap().claims;
+    assert_eq!(claims.len(), 2);
+    assert_eq!(claims[0].better.to_string(), "BST model.ssm_layers=[1]");
+    assert_eq!(claims[1].worse.to_string(), "SLIDE", "SLIDE does not vary along the placement");
+    let deep = load(CLAIMS, Some("deep"), &[]).unwrap();
+    let texts: Vec<&str> = deep.study("placement").unwrap().claims.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(texts, ["upper beats top"]);
+    let widened = load(CLAIMS, None, &["attn.window=16,32"]).unwrap();
+    assert!(widened.study("placement").unwrap().claims.is_empty(), "a grid changed on the command line drops the claims it no longer pins to one configuration");
+}
+
+#[test]
+fn a_claim_naming_no_single_configuration_is_refused_with_the_choices() {
+    let missing = CLAIMS.replacen("worse_at = { model.ssm_layers = [0] }", "worse_at = { model.ssm_layers = [2] }", 1);
+    let e = load(&missing, None, &[]).unwrap_err().to_string();
+    assert!(e.contains("study `placement`: claim 1: worse = `BST model.ssm_layers=[2]` matches no configuration"), "{e}");
+    assert!(e.contains("the study has: BST model.ssm_layers=[0]; BST model.ssm_layers=[1]; SLIDE"), "{e}");
+    let ambiguous = CLAIMS.replacen("better_at = { model.ssm_layers = [1] }\nworse = \"SLIDE\"", "worse = \"SLIDE\"", 1);
+    let e = load(&ambiguous, None, &[]).unwrap_err().to_string();
+    assert!(e.contains("claim 2: better = `BST` matches several configurations (pin the varying keys with `better_at`)"), "{e}");
+    let typo = CLAIMS.replacen("text = \"BST beats SLIDE\"", "text = \"BST beats SLIDE\"\nbeter = \"BST\"", 1);
+    let e = load(&typo, None, &[]).unwrap_err().to_string();
+    assert!(e.contains("beter"), "{e}");
+}
