@@ -95,17 +95,26 @@ fn submit(dir: &Path, results: &Path, jobs: &mut Jobs) -> (String, Vec<String>) 
     (id, runs)
 }
 
+/// Whether any task of the job is still queued or running (squeue forgets ended jobs).
+fn queued(id: &str) -> bool {
+    let out = Command::new("squeue").args(["-h", "-j", id]).output().unwrap();
+    out.status.success() && !out.stdout.iter().all(u8::is_ascii_whitespace)
+}
+
 /// Waits until the job has left the queue.
 fn wait(id: &str, timeout: Duration) {
     let start = Instant::now();
-    loop {
-        let out = Command::new("squeue").args(["-h", "-j", id]).output().unwrap();
-        if !out.status.success() || out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return;
-        }
-        assert!(start.elapsed() < timeout, "job {id} still queued after {timeout:?}:\n{}", String::from_utf8_lossy(&out.stdout));
+    while queued(id) {
+        assert!(start.elapsed() < timeout, "job {id} still queued after {timeout:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Every task log of the results folder, one after another.
+fn logs(results: &Path) -> String {
+    let dir = results.join("tiny/slurm/logs");
+    let texts: Vec<String> = std::fs::read_dir(&dir).map(|d| d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect()).unwrap_or_default();
+    format!("{} (logs in {}):\n{}", texts.len(), dir.display(), texts.join("\n----\n"))
 }
 
 /// The step of a run's checkpoint, or what it has instead.
@@ -146,8 +155,12 @@ fn a_job_array_on_slurm_equals_a_local_launch() {
     let ended = |r: &str| if r == "speed" { results.join("tiny/speed.csv").exists() } else { runs_dir.join(r).join("result.json").exists() };
     // stop the whole array as soon as a run has a checkpoint (SIGTERM, as a preemption does)
     let start = Instant::now();
-    while !runs.iter().any(|r| runs_dir.join(r).join("checkpoint/state.json").exists()) {
-        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s; logs in {}", results.join("tiny/slurm/logs").display());
+    for poll in 1.. {
+        if runs.iter().any(|r| runs_dir.join(r).join("checkpoint/state.json").exists()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s; {}", logs(&results));
+        assert!(poll % 50 != 0 || queued(&first), "job {first} ended before any checkpoint; {}", logs(&results)); // a task that cannot start
         std::thread::sleep(Duration::from_millis(20));
     }
     let first_checkpoint = start.elapsed();
@@ -169,8 +182,7 @@ fn a_job_array_on_slurm_equals_a_local_launch() {
     assert_eq!(again.iter().collect::<Vec<_>>(), unfinished, "the second array holds exactly the unfinished runs");
     bst_sweep(dir, &["collect", results.join("tiny").to_str().unwrap()]); // while it runs
     wait(&second, Duration::from_secs(600));
-    let logs: Vec<String> = std::fs::read_dir(results.join("tiny/slurm/logs")).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
-    let log_text = logs.join("\n----\n");
+    let log_text = logs(&results);
     assert!(log_text.contains("[bst-sweep] array task 0 of job"), "{log_text}");
     for r in &runs {
         assert!(ended(r), "{r} did not finish:\n{log_text}");
