@@ -49,6 +49,10 @@ pub struct Progress {
     /// Training wall time before this checkpoint.
     pub elapsed_s: f64,
     pub sampler: SamplerState,
+    /// The training loss of the last step: a run resumed from its final checkpoint trains no
+    /// step and still reports it (absent in checkpoints written before it was kept).
+    #[serde(default)]
+    pub last_loss: Option<f64>,
 }
 
 /// `state.json`: the progress, the format and the checksums of the tensor files.

@@ -126,17 +126,17 @@ impl<'a> ClassifierTrainer<'a> {
     /// Continues from the checkpoint in `dir` (weights, optimiser, sampler, step).
     pub fn resume(&mut self, dir: &Path) -> Result<(), ModelError> {
         let loaded = checkpoint::load(dir, self.vs, &mut self.opt)?;
-        let Progress { step, tokens_seen, elapsed_s, sampler } = loaded.state.progress;
+        let Progress { step, tokens_seen, elapsed_s, sampler, last_loss } = loaded.state.progress;
         let SamplerState::Lra(sampler) = sampler else {
             return Err(ModelError::Checkpoint { path: dir.to_owned(), reason: "a language model's checkpoint, not a classifier's".into() });
         };
-        (self.pos, self.sampler) = (Position { step, tokens_seen, elapsed_before: elapsed_s }, sampler);
+        (self.pos, self.sampler) = (Position { step, tokens_seen, elapsed_before: elapsed_s, last_loss }, sampler);
         Ok(())
     }
 
     /// Writes a checkpoint of the current position to `dir`.
     pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
-        let progress = Progress { step: self.pos.step, tokens_seen: self.pos.tokens_seen, elapsed_s, sampler: SamplerState::Lra(self.sampler.clone()) };
+        let progress = Progress { step: self.pos.step, tokens_seen: self.pos.tokens_seen, elapsed_s, sampler: SamplerState::Lra(self.sampler.clone()), last_loss: self.pos.last_loss };
         checkpoint::save(dir, self.vs, &self.opt, &[], self.run, progress)
     }
 

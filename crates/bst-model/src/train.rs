@@ -174,6 +174,8 @@ pub(crate) struct Position {
     pub step: usize,
     pub tokens_seen: usize,
     pub elapsed_before: f64,
+    /// The last step's training loss (None before the first step).
+    pub last_loss: Option<f64>,
 }
 
 /// What a kind of training supplies to the shared loop.
@@ -192,14 +194,14 @@ pub(crate) fn run_steps(steps: &mut dyn Steps, train: &TrainConfig, device: Devi
     let start = Instant::now();
     let before = steps.position().elapsed_before;
     let elapsed = || before + start.elapsed().as_secs_f64();
-    let mut loss_value = f64::NAN;
     while steps.position().step < train.steps {
         let step = steps.position().step;
         let done = steps.step(step)?;
-        loss_value = done.loss;
+        let loss_value = done.loss;
         let pos = steps.position();
         pos.step += 1;
         pos.tokens_seen += done.tokens;
+        pos.last_loss = Some(loss_value);
         let (now, pos) = (elapsed(), *pos);
         let metrics = StepMetrics { step, loss: loss_value, lr: done.lr, grad_norm: done.grad_norm, tokens_seen: pos.tokens_seen, elapsed_s: now, tokens_per_s: pos.tokens_seen as f64 / now };
         let stop = on_step(&metrics).is_break();
@@ -215,7 +217,7 @@ pub(crate) fn run_steps(steps: &mut dyn Steps, train: &TrainConfig, device: Devi
     }
     bst_core::sync(device);
     let pos = *steps.position();
-    Ok(TrainOutcome { steps: pos.step, tokens_seen: pos.tokens_seen, wall_s: elapsed(), final_loss: loss_value })
+    Ok(TrainOutcome { steps: pos.step, tokens_seen: pos.tokens_seen, wall_s: elapsed(), final_loss: pos.last_loss.unwrap_or(f64::NAN) })
 }
 
 /// A language-model training run in progress: model, optimiser, sampler, carried state and
@@ -264,19 +266,19 @@ impl<'a> Trainer<'a> {
     /// Continues from the checkpoint in `dir` (weights, optimiser, sampler, carried state, step).
     pub fn resume(&mut self, dir: &Path) -> Result<(), ModelError> {
         let loaded = checkpoint::load(dir, self.vs, &mut self.opt)?;
-        let Progress { step, tokens_seen, elapsed_s, sampler } = loaded.state.progress;
+        let Progress { step, tokens_seen, elapsed_s, sampler, last_loss } = loaded.state.progress;
         let sampler = match sampler {
             SamplerState::Lm(s) if std::mem::discriminant(&s) == std::mem::discriminant(&self.sampler) => s,
             _ => return Err(ModelError::Checkpoint { path: dir.to_owned(), reason: format!("saved with another sampler than data.sampling resolves to ({})", self.sampling()) }),
         };
         let carry = LmState::from_tensors(self.model.plan().0.len(), &loaded.carry).map_err(|reason| ModelError::Checkpoint { path: dir.to_owned(), reason })?;
-        (self.pos, self.sampler, self.carry) = (Position { step, tokens_seen, elapsed_before: elapsed_s }, sampler, carry);
+        (self.pos, self.sampler, self.carry) = (Position { step, tokens_seen, elapsed_before: elapsed_s, last_loss }, sampler, carry);
         Ok(())
     }
 
     /// Writes a checkpoint of the current position to `dir`.
     pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
-        let progress = Progress { step: self.pos.step, tokens_seen: self.pos.tokens_seen, elapsed_s, sampler: SamplerState::Lm(self.sampler.clone()) };
+        let progress = Progress { step: self.pos.step, tokens_seen: self.pos.tokens_seen, elapsed_s, sampler: SamplerState::Lm(self.sampler.clone()), last_loss: self.pos.last_loss };
         checkpoint::save(dir, self.vs, &self.opt, &self.carry.tensors(), self.run, progress)
     }
 

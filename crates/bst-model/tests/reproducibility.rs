@@ -131,6 +131,27 @@ fn sequential_sampling_resumes_exactly_with_the_carried_state() {
     }
 }
 
+/// A run killed after its final checkpoint and before its result was written resumes at the
+/// last step: it trains nothing and still reports the final loss (not NaN, which a result file
+/// cannot hold).
+#[test]
+fn resuming_from_the_final_checkpoint_keeps_the_final_loss() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (cfg, dir) = (config(3), tempfile::tempdir().unwrap());
+    let outcome = |resume: bool| {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let lm = cfg.build_model(&vs.root(), 256).unwrap();
+        let mut trainer = Trainer::new(&lm, &vs, &cfg, &stream()).unwrap();
+        if resume {
+            trainer.resume(dir.path()).unwrap();
+        }
+        trainer.run(&stream(), Some(dir.path()), |_| ControlFlow::Continue(())).unwrap()
+    };
+    let (full, resumed) = (outcome(false), outcome(true));
+    assert!(full.final_loss.is_finite());
+    assert_eq!((resumed.steps, resumed.tokens_seen, resumed.final_loss), (full.steps, full.tokens_seen, full.final_loss));
+}
+
 #[test]
 fn resumed_run_equals_uninterrupted_run_and_corruption_is_detected() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -40,6 +40,9 @@ pub enum SweepError {
     /// A child process running one run (`--jobs`) ended abnormally.
     #[error("run {run}: its process {status}")]
     Child { run: String, status: String },
+    /// A job array could not be written or submitted (`bst-sweep slurm`).
+    #[error("slurm: {0}")]
+    Slurm(String),
     /// A run failed; the runs finished before it are kept.
     #[error("run {run} failed (finished runs are kept in {csv}): {source}")]
     RunFailed { run: String, csv: PathBuf, source: Box<SweepError> },

@@ -22,8 +22,9 @@
 //! model.arch = "SLIDE"
 //! not_crossed_with = ["model.ssm_layers"]   # a baseline that does not vary along that axis
 //! [speed]                  # the layer-speed study (see crate::speed)
+//! [slurm]                  # job-array resources for `bst-sweep slurm` (see crate::slurm)
 //! [profiles.gpu.base]      # --profile gpu: applied over [base]; also .sweep (seeds), .speed,
-//! model.d_model = 1024     #   .study.<name>.{grid, zip, exclude, variant.<name>}
+//! model.d_model = 1024     #   .slurm, .study.<name>.{grid, zip, exclude, variant.<name>}
 //! ```
 //! A file without `[[study]]` may give one study as top-level `[grid]` and `[[variant]]` (and
 //! `[sweep].plot_x`). Runs = for each study, variants x grid x zip x seeds, minus exclusions; a
@@ -38,6 +39,7 @@ use bst_model::{LayerPlan, RunConfig};
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::slurm::SlurmConfig;
 use crate::speed::SpeedConfig;
 
 /// A sweep file that cannot be turned into runs. Always names the file.
@@ -201,6 +203,8 @@ pub struct Sweep {
     pub runs: Vec<RunSpec>,
     /// The layer-speed study, if the file has a `[speed]` table.
     pub speed: Option<SpeedConfig>,
+    /// Job-array resources: `[slurm]` with the profile's `[profiles.<p>.slurm]` over it.
+    pub slurm: SlurmConfig,
 }
 
 /// `key=value` (sets a base value) or `key=v1,v2` (makes `key` an axis of every study), as on a
@@ -287,6 +291,7 @@ struct RawSweep {
     base: Table,
     studies: Vec<RawStudy>,
     speed: Option<Table>,
+    slurm: Table,
     profiles: Table,
 }
 
@@ -309,9 +314,9 @@ impl Sweep {
         for other in known.iter().filter(|p| **p != selected) {
             expand(&raw, other, &[]).map_err(|m| err(format!("profile `{other}`: {m}")))?;
         }
-        let (meta, studies, runs, speed) = expand(&raw, &selected, overrides).map_err(err)?;
+        let (meta, studies, runs, speed, slurm) = expand(&raw, &selected, overrides).map_err(err)?;
         let keys = union_keys(&studies);
-        Ok(Sweep { file: path.to_owned(), meta, profile: selected, studies, keys, runs, speed })
+        Ok(Sweep { file: path.to_owned(), meta, profile: selected, studies, keys, runs, speed, slurm })
     }
 
     /// `results/<name>` for the default profile, `results/<name>-<profile>` otherwise.
@@ -332,7 +337,7 @@ impl Sweep {
 impl RawSweep {
     fn parse(text: &str) -> Result<Self, String> {
         let mut doc: Table = toml::from_str(text).map_err(|e| format!("not valid TOML: {e}"))?;
-        const TOP: [&str; 8] = ["sweep", "base", "grid", "zip", "variant", "study", "speed", "profiles"];
+        const TOP: [&str; 9] = ["sweep", "base", "grid", "zip", "variant", "study", "speed", "slurm", "profiles"];
         if let Some(bad) = doc.keys().find(|k| !TOP.contains(&k.as_str())) {
             return Err(format!("unknown top-level key `{bad}`, expected one of: {}", TOP.join(", ")));
         }
@@ -342,6 +347,8 @@ impl RawSweep {
         }
         let base = take_table(&mut doc, "base")?;
         let speed = doc.remove("speed").map(|v| v.try_into::<Table>().map_err(|_| "`speed` must be a table ([speed])".to_string())).transpose()?;
+        let slurm = take_table(&mut doc, "slurm")?;
+        SlurmConfig::from_table(slurm.clone(), "slurm")?;
         let profiles = take_table(&mut doc, "profiles")?;
         let studies = match doc.remove("study") {
             Some(list) => {
@@ -375,7 +382,7 @@ impl RawSweep {
                 return Err(format!("two studies are named `{}`", s.name));
             }
         }
-        Ok(Self { meta, base, studies, speed, profiles })
+        Ok(Self { meta, base, studies, speed, slurm, profiles })
     }
 
     /// `cpu` (the base) and every `[profiles.*]`.
@@ -397,6 +404,10 @@ impl RawSweep {
                     let speed = out.speed.get_or_insert_with(Table::new);
                     flatten(&t, "").into_iter().for_each(|(k, v)| set_path(speed, &k, v));
                 }
+                ("slurm", Value::Table(t)) => {
+                    SlurmConfig::from_table(t.clone(), &at)?;
+                    flatten(&t, "").into_iter().for_each(|(k, v)| set_path(&mut out.slurm, &k, v));
+                }
                 ("sweep", Value::Table(t)) => out.meta = apply_meta(&out.meta, t).map_err(|e| format!("{at}: {e}"))?,
                 ("grid" | "zip" | "variant", Value::Table(t)) if single => apply_study(&mut out.studies[0], &key, t).map_err(|e| format!("{at}: {e}"))?,
                 ("study", Value::Table(t)) => {
@@ -415,7 +426,7 @@ impl RawSweep {
                         }
                     }
                 }
-                (other, _) => return Err(format!("{at}: unknown or misplaced key `{other}`, expected base, sweep, speed, study{}", if single { ", grid, zip, variant" } else { "" })),
+                (other, _) => return Err(format!("{at}: unknown or misplaced key `{other}`, expected base, sweep, speed, slurm, study{}", if single { ", grid, zip, variant" } else { "" })),
             }
         }
         Ok(out)
@@ -456,7 +467,7 @@ fn apply_study(study: &mut RawStudy, part: &str, t: Table) -> Result<(), String>
     Ok(())
 }
 
-type Expanded = (SweepMeta, Vec<Study>, Vec<RunSpec>, Option<SpeedConfig>);
+type Expanded = (SweepMeta, Vec<Study>, Vec<RunSpec>, Option<SpeedConfig>, SlurmConfig);
 
 /// Every run of `profile`, validated, shared configurations merged.
 fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expanded, String> {
@@ -468,6 +479,7 @@ fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expan
         }
     }
     let speed = raw.speed.clone().map(|t| SpeedConfig::from_table(t, &raw.base)).transpose()?;
+    let slurm = SlurmConfig::from_table(raw.slurm.clone(), "slurm")?;
     let mut runs: Vec<RunSpec> = Vec::new();
     let mut studies = Vec::new();
     // A grid changed on the command line may drop the configurations a claim names: the claim is
@@ -484,7 +496,7 @@ fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expan
         }
         studies.push(study);
     }
-    Ok((raw.meta, studies, runs, speed))
+    Ok((raw.meta, studies, runs, speed, slurm))
 }
 
 /// Axes a study may plot that are measured rather than configured: the parameter count, and the

@@ -6,7 +6,8 @@
 //! and report.md from the run folders. Every finished run is on disk before the next starts, so a
 //! crash, `kill -9` or Ctrl-C loses no finished result, and a rerun resumes where it stopped.
 //! [`report`] rebuilds everything a launch publishes without training; [`run_one`] trains one run
-//! (what `--jobs` children and cluster job arrays execute).
+//! (what `--jobs` children and cluster job arrays execute); [`slurm::write_array`] writes (and
+//! submits) a Slurm job array of the runs not yet ended.
 
 pub mod error; // SweepError: what a sweep can fail on (Interrupted is a variant)
 pub mod estimate; // --dry-run time estimates from throughput measured on random tokens
@@ -19,6 +20,7 @@ pub mod publish; // runs.csv, charts and report.md from the run folders, without
 pub mod report; // report.md's frame: provenance, data, failures
 pub mod results; // runs.csv: one row per run that ended
 pub mod run; // one run: data cache, training, evaluation, its folder, result.json / failure.json
+pub mod slurm; // [slurm] resources and the sbatch job-array script: one array task per unfinished run
 pub mod speed; // the layer-speed study: one layer per architecture against L, forward and backward
 pub mod stats; // mean, sd, and paired or Welch t-tests over seeds
 pub mod study; // one study read back: configurations over seeds, comparisons, chart, report section
@@ -122,7 +124,7 @@ struct Launch {
 
 /// The runs `only` selects (all when empty); an entry matches a study, a variant or a run id
 /// (prefix).
-fn select<'a>(sweep: &'a Sweep, only: &[String]) -> Result<Vec<&'a RunSpec>> {
+pub(crate) fn select<'a>(sweep: &'a Sweep, only: &[String]) -> Result<Vec<&'a RunSpec>> {
     if only.is_empty() {
         return Ok(sweep.runs.iter().collect());
     }
@@ -203,7 +205,7 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
 }
 
 /// Keeps a copy of the sweep file and how it was launched, for `report` and for the record.
-fn record_launch(sweep: &Sweep, opts: &SweepOptions, results_dir: &Path) -> Result<()> {
+pub(crate) fn record_launch(sweep: &Sweep, opts: &SweepOptions, results_dir: &Path) -> Result<()> {
     write_atomically(&results_dir.join("sweep.toml"), &std::fs::read(&opts.file).map_err(SweepError::io(&opts.file))?)?;
     let launch = Launch { file: opts.file.clone(), profile: sweep.profile.clone(), overrides: opts.overrides.iter().map(|o| o.to_string()).collect(), command: opts.command.clone() };
     write_atomically(&results_dir.join("launch.json"), serde_json::to_string_pretty(&launch).expect("launch serialises").as_bytes())
@@ -233,7 +235,7 @@ struct Trained {
 }
 
 /// Whether `spec` still has to be trained, given how it ended before.
-fn pending(spec: &RunSpec, results_dir: &Path, retry_failed: bool) -> bool {
+pub(crate) fn pending(spec: &RunSpec, results_dir: &Path, retry_failed: bool) -> bool {
     match run::outcome(results_dir, spec) {
         Some(Outcome::Finished(_)) => false,
         Some(Outcome::Failed(_)) => retry_failed,

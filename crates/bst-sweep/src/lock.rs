@@ -46,6 +46,13 @@ impl ResultsLock {
     }
 }
 
+/// Whether a process holds the lock of `dir` now (without creating anything; the check takes
+/// the lock for an instant when it is free). `bst-sweep slurm` leaves out runs being trained.
+pub fn is_held(dir: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().write(true).open(dir.join(".lock")) else { return false };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,7 +63,9 @@ mod tests {
         let first = ResultsLock::acquire(dir.path(), "bst-sweep a.toml").unwrap();
         let err = ResultsLock::acquire(dir.path(), "bst-sweep a.toml --again").unwrap_err().to_string();
         assert!(err.contains(&format!("process {}", std::process::id())) && err.contains("bst-sweep a.toml`"), "{err}");
+        assert!(is_held(dir.path()));
         drop(first);
+        assert!(!is_held(dir.path()) && !is_held(&dir.path().join("absent")));
         ResultsLock::acquire(dir.path(), "third").unwrap();
     }
 }

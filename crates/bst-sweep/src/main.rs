@@ -1,7 +1,9 @@
 //! `bst-sweep <sweep.toml> [key=value|key=v1,v2 ...]`: train every run of a sweep's studies and
 //! write results/<name>/{runs.csv, study_*.png/.svg, loss_*.png/.svg, speed.*, report.md}.
 //! `bst-sweep report <results dir>` rebuilds those from the run folders without training;
-//! `bst-sweep run-one <sweep.toml> --run <id>` trains one run (what `--jobs` children run).
+//! `bst-sweep run-one <sweep.toml> --run <id>` trains one run (what `--jobs` children run);
+//! `bst-sweep slurm <sweep.toml> [--submit]` writes a Slurm job array of the runs not yet ended
+//! (`collect` is `report`, for its results).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bst_model::DeviceChoice;
+use bst_sweep::slurm::SlurmFlags;
 use bst_sweep::{Override, SweepOptions};
 use clap::{Args, Parser, Subcommand};
 
@@ -25,6 +28,7 @@ struct Cli {
 enum Cmd {
     /// Rebuild runs.csv, the plots and report.md of a results folder from its run folders, without
     /// training (safe while runs are still going on; says which runs are missing or failed).
+    #[command(visible_alias = "collect")]
     Report {
         /// A results folder, e.g. results/ablation.
         dir: PathBuf,
@@ -36,6 +40,16 @@ enum Cmd {
         /// The run id (see --dry-run).
         #[arg(long)]
         run: String,
+    },
+    /// Write an sbatch job array under the results folder, one task per run not yet ended (each
+    /// runs run-one), with resources from the file's [slurm] table and these flags; print the
+    /// sbatch command, or submit it with --submit. Run it again after a preemption or time limit:
+    /// the new array holds what is still unfinished. --dry-run prints the script.
+    Slurm {
+        #[command(flatten)]
+        sweep: SweepArgs,
+        #[command(flatten)]
+        slurm: SlurmFlags,
     },
 }
 
@@ -82,7 +96,7 @@ struct SweepArgs {
 
 impl SweepArgs {
     fn options(self) -> Result<SweepOptions> {
-        let file = self.file.context("give a sweep file, e.g. experiments/ablation.toml (or a subcommand: report, run-one)")?;
+        let file = self.file.context("give a sweep file, e.g. experiments/ablation.toml (or a subcommand: report, collect, run-one, slurm)")?;
         let mut opts = SweepOptions::new(file);
         opts.profile = self.profile;
         opts.overrides = self.overrides;
@@ -101,7 +115,8 @@ impl SweepArgs {
     }
 }
 
-/// Ctrl-C once: stop after the current step (checkpoint saved); twice: quit now.
+/// Ctrl-C (or SIGTERM: `scancel`, a preemption) once: stop after the current step (checkpoint
+/// saved); twice: quit now.
 fn on_ctrl_c(opts: &SweepOptions) -> Result<()> {
     let stop = opts.stop.clone();
     ctrlc::set_handler(move || {
@@ -136,6 +151,21 @@ fn main() -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        Some(Cmd::Slurm { sweep, slurm }) => {
+            let opts = sweep.options()?;
+            let bin = match std::env::var_os("BST_SWEEP_BIN") {
+                Some(bin) => PathBuf::from(bin),
+                None => std::env::current_exe().context("locating this bst-sweep binary for the job script")?,
+            };
+            let job = bst_sweep::slurm::write_array(&opts, &slurm, &bin)?;
+            if opts.dry_run {
+                print!("{}", job.text);
+                eprintln!("{}", job.summary());
+            } else {
+                println!("{}", job.summary());
+            }
+            Ok(())
         }
         None => {
             let opts = cli.sweep.options()?;

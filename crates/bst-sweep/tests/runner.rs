@@ -2,6 +2,8 @@
 //! studies sharing runs, a diverging run recorded while the sweep goes on, `--only`, `report`, the
 //! results-folder lock, progress lines in a log, `kill -9` at random moments, and `--jobs`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,12 +11,7 @@ use std::time::Duration;
 
 use bst_sweep::lock::ResultsLock;
 use bst_sweep::{run_sweep, SweepError, SweepOptions};
-
-fn data_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data").canonicalize().expect("data/ beside the workspace: run scripts/setup.sh");
-    assert!(dir.join("books/MANIFEST.sha256").exists(), "{} has no books corpus: run scripts/setup.sh first", dir.display());
-    dir
-}
+use common::rows;
 
 /// Two studies over a tiny model: `depth` (a BST layer at index 0 or 1, against SLIDE) and `lr`
 /// (SLIDE at two learning rates, one of them diverging); SLIDE at the base learning rate is in
@@ -25,19 +22,7 @@ fn studies(steps: usize) -> String {
 [sweep]
 name = "tiny"
 seeds = [0, 1]
-[base]
-model.n_layers = 2
-model.d_model = 16
-model.n_heads = 2
-attn.window = 16
-train.steps = {steps}
-train.warmup_steps = 2
-train.batch_size = 4
-train.seq_len = 32
-train.lr = 3e-3
-train.eval_tokens = 1024
-train.checkpoint_every = 2
-data.dir = "{}"
+{}
 [[study]]
 name = "depth"
 plot_x = "model.ssm_layers"
@@ -63,7 +48,7 @@ model.arch = "SLIDE"
 train.lr = 1e6
 train.grad_clip = 0.0
 "#,
-        data_dir().display()
+        common::tiny_base(steps)
     )
 }
 
@@ -80,13 +65,6 @@ fn options(dir: &Path, text: &str) -> SweepOptions {
     opts.progress = false;
     opts.log_every = Duration::ZERO;
     opts
-}
-
-/// runs.csv as rows of column -> value.
-fn rows(csv_path: &Path) -> Vec<BTreeMap<String, String>> {
-    let mut reader = csv::Reader::from_path(csv_path).unwrap();
-    let header = reader.headers().unwrap().clone();
-    reader.records().map(|r| header.iter().zip(r.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()).collect()
 }
 
 #[test]
