@@ -121,7 +121,9 @@ fn step_seed(seed: u64, step: usize, micro: usize) -> i64 {
 }
 
 /// What one optimiser step did.
-pub(crate) struct StepDone {
+#[derive(Debug, Clone)]
+pub struct StepDone {
+    /// Mean training loss over the step's micro-batches.
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
@@ -278,6 +280,17 @@ impl<'a> Trainer<'a> {
     pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
         let progress = Progress { step: self.pos.step, tokens_seen: self.pos.tokens_seen, elapsed_s, sampler: SamplerState::Lm(self.sampler.clone()) };
         checkpoint::save(dir, self.vs, &self.opt, &self.carry.tensors(), self.run, progress)
+    }
+
+    /// One optimiser step on the next batch of `stream` (the body of [`Self::run`], which adds
+    /// checkpoints and metrics): sampling, forward, backward, clipping, AdamW, the carried state
+    /// detached for the next step.
+    pub fn train_step(&mut self, stream: &TokenStream) -> Result<StepDone, ModelError> {
+        let step = self.pos.step;
+        let done = LmSteps { trainer: self, stream }.step(step)?;
+        self.pos.step += 1;
+        self.pos.tokens_seen += done.tokens;
+        Ok(done)
     }
 
     /// Trains until `train.steps`. With `checkpoint_dir`, saves every `train.checkpoint_every`
