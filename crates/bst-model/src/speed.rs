@@ -4,7 +4,7 @@
 //! ```no_run
 //! use bst_model::speed::{Direction, LayerSpeed, SpeedConfig};
 //! let cfg = bst_attn::LayerConfig::small(128, 4, 32);
-//! let mut layer = LayerSpeed::new("BST:SH:S4D".parse().unwrap(), &cfg, tch::Device::Cpu);
+//! let mut layer = LayerSpeed::new(bst_model::LayerKind::of("BST:SH:S4D".parse().unwrap()), &cfg, tch::Device::Cpu);
 //! for seq in [1024, 4096, 16384] {
 //!     let point = layer.measure(seq, Direction::ForwardBackward, &SpeedConfig::default());
 //!     println!("{seq}: {point:?}");
@@ -60,7 +60,8 @@ impl LayerKind {
 }
 
 /// What a timed call does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Evaluation-mode forward under `no_grad`.
     Forward,

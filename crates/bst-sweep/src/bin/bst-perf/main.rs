@@ -309,7 +309,11 @@ fn run_all(args: &mut Args, device: Device, root: &Path, python: &Path, scratch:
     };
     m.training = Some(training(&mut worker, args, device, scratch)?);
     drop(worker);
-    m.memory = memory(args, python, root, device)?;
+    if device.is_cuda() {
+        eprintln!("[bst-perf] peak memory is probed on CPU only (ours reads the process's resident memory)");
+    } else {
+        m.memory = memory(args, python, root, device)?;
+    }
     report::write_csvs(&args.out, &m, &ctx)?;
     std::fs::write(args.out.join("summary.md"), report::summary(&m, &ctx))?;
     report::plot(&args.out, &m.layers)?;
