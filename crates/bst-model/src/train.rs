@@ -64,6 +64,15 @@ pub struct TrainConfig {
     /// Left out of the serialised config when f32, so that run ids of older sweeps still match.
     #[serde(skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Stop training after this many seconds of training time (0 = no limit), wherever the
+    /// schedule is, then evaluate as usual: runs compared at the same wall-clock budget (e.g.
+    /// scripts/gpu_compare.sh). Left out of the serialised config when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub time_limit_s: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Defaults follow the paper where it is known (batch 32, L = 4096, warmup then cosine); the
@@ -88,6 +97,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             length_eval: None,
             precision: Precision::F32,
+            time_limit_s: 0.0,
         }
     }
 }
@@ -187,15 +197,17 @@ pub(crate) trait Steps {
     fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError>;
 }
 
-/// The loop every kind of training shares: steps until `train.steps`, each reported to
-/// `on_step`, which may stop the run (`ModelError::Interrupted`); with `checkpoint_dir`, a
-/// checkpoint every `train.checkpoint_every` steps, at the end and when stopped.
+/// The loop every kind of training shares: steps until `train.steps` (or `train.time_limit_s`
+/// of training time), each reported to `on_step`, which may stop the run
+/// (`ModelError::Interrupted`); with `checkpoint_dir`, a checkpoint every
+/// `train.checkpoint_every` steps, at the end and when stopped.
 pub(crate) fn run_steps(steps: &mut dyn Steps, train: &TrainConfig, device: Device, checkpoint_dir: Option<&Path>, on_step: &mut dyn FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<TrainOutcome, ModelError> {
     let start = Instant::now();
     let before = steps.position().elapsed_before;
     let elapsed = || before + start.elapsed().as_secs_f64();
     let mut loss_value = f64::NAN;
-    while steps.position().step < train.steps {
+    let out_of_time = |now: f64| train.time_limit_s > 0.0 && now >= train.time_limit_s;
+    while steps.position().step < train.steps && !out_of_time(elapsed()) {
         let step = steps.position().step;
         let done = steps.step(step)?;
         loss_value = done.loss;
@@ -207,7 +219,7 @@ pub(crate) fn run_steps(steps: &mut dyn Steps, train: &TrainConfig, device: Devi
         let stop = on_step(&metrics).is_break();
         if let Some(dir) = checkpoint_dir {
             let periodic = train.checkpoint_every > 0 && pos.step % train.checkpoint_every == 0;
-            if stop || periodic || pos.step == train.steps {
+            if stop || periodic || pos.step == train.steps || out_of_time(now) {
                 steps.save(dir, now)?;
             }
         }
