@@ -15,7 +15,14 @@
 //! ([`KvCache`], `attn.cache_across_windows`: meliad keeps it, without gradient, from one segment
 //! to the next), else it is missing and masked out. Under `Sliding` the first token of a text
 //! then has no key at all; it attends to nothing and its output is zero (meliad's `safe_softmax`
-//! gives the same when every key is masked).
+//! gives the same when every key is masked). We get that zero without a fully masked row (which
+//! some attention kernels turn into NaN): the hidden previous block's values are zero and the
+//! query attends to one of them only, so its output is exactly 0 and its gradients vanish.
+//!
+//! Copies are kept to one per tensor where the layout allows: blocks of queries, outputs and
+//! the own-block keys are views of the projections (the fused attention kernel reads strides),
+//! and each block's 2W keys/values are overlapping windows over the keys with the previous block
+//! prepended (a view for a single sequence, one more copy for a batch).
 
 use bst_core::params::linear;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
@@ -112,21 +119,24 @@ pub(crate) fn from_blocks(xs: &Tensor, batch: i64) -> Tensor {
     xs.view([batch, nb, h, w, d]).permute([0, 1, 3, 2, 4]).reshape([batch, nb * w, h, d])
 }
 
-/// Keys (or values) of the previous block next to the block's own: `[b*nb, h, 2W, d]`.
-/// Block 0 gets `first` (the carried block, `[b, W, h, d]`) or a zero block, which the mask
-/// hides. Without `cache_grad` the previous block's copy is a constant (no gradient flows back
-/// through it).
-fn with_previous_block(xs: &Tensor, batch: i64, cache_grad: bool, first: Option<&Tensor>) -> Tensor {
-    let (bnb, h, w, d) = xs.size4().expect("expected [batch*blocks, heads, window, head_dim]");
-    let nb = bnb / batch;
-    let blocks = xs.view([batch, nb, h, w, d]);
-    let first = match first {
-        Some(f) => f.transpose(1, 2).unsqueeze(1).to_kind(xs.kind()), // [b, 1, h, W, d]
-        None => blocks.narrow(1, 0, 1).zeros_like(),
-    };
-    let previous = Tensor::cat(&[first, blocks.narrow(1, 0, nb - 1)], 1);
-    let previous = if cache_grad { previous } else { previous.detach() };
-    Tensor::cat(&[previous, blocks], 3).view([bnb, h, 2 * w, d])
+/// Keys (or values) of each block's previous block next to its own, `[b*nb, h, 2W, d]`, from
+/// `xs` `[b, seq, h, d]`. Block 0's previous block is `first` (the carried block, `[b, W, h, d]`)
+/// or a zero block, which the mask hides. With `cache_grad` the keys with the previous block
+/// prepended are copied once and each block's 2W keys are a window over them (a view when
+/// b = 1; batches need one more copy, as windows cannot span two sequences' storage); without
+/// it, the previous block's copy is a constant (no gradient flows back through it).
+fn with_previous_block(xs: &Tensor, w: i64, cache_grad: bool, first: Option<Tensor>) -> Tensor {
+    let (b, seq, h, d) = xs.size4().expect("expected [batch, seq, heads, head_dim]");
+    let nb = seq / w;
+    let first = first.unwrap_or_else(|| Tensor::zeros([b, w, h, d], (xs.kind(), xs.device()))); // [b, W, h, d]
+    if cache_grad {
+        let padded = Tensor::cat(&[first, xs.shallow_clone()], 1); // [b, W + seq, h, d]
+        let windows = padded.unfold(1, 2 * w, w).permute([0, 1, 2, 4, 3]); // [b, nb, h, 2W, d]
+        return windows.reshape([b * nb, h, 2 * w, d]);
+    }
+    let blocks = xs.view([b, nb, w, h, d]);
+    let previous = Tensor::cat(&[first.unsqueeze(1), blocks.narrow(1, 0, nb - 1)], 1).detach(); // [b, nb, W, h, d]
+    Tensor::cat(&[previous, blocks], 2).permute([0, 1, 3, 2, 4]).reshape([b * nb, h, 2 * w, d])
 }
 
 /// Which of the 2W keys `[previous block; own block]` each of a block's W queries may see:
@@ -144,28 +154,32 @@ fn pair_mask(scope: BlockScope, w: i64, device: Device) -> Tensor {
 
 /// The mask of a block's queries over `[previous block; own block]` for each of `n` blocks, the
 /// previous block visible where `previous_visible` (`[n]` bool) says so. Under `Sliding`, a query
-/// left without any key (query 0 with no previous block) is given its own key so that the softmax
-/// stays finite, and `keep` (`[n, 1, W, 1]`, 0 there and 1 elsewhere) zeroes its output; it is
-/// computed without reading the tensors back, so a GPU never waits for it.
+/// left without any key (query 0 with a hidden previous block) sees the hidden block's first key
+/// instead: callers zero a hidden block's values, so its output is exactly zero and its
+/// gradients vanish, as attending to nothing would give, without a fully masked row. Computed
+/// without reading tensors back, so a GPU never waits for it.
 ///
 /// # Shapes
-/// returns (`[n, 1, W, 2W]` bool, under `Sliding` `Some([n, 1, W, 1])` float)
-pub(crate) fn block_pair_mask(scope: BlockScope, w: i64, previous_visible: &Tensor) -> (Tensor, Option<Tensor>) {
+/// returns `[n, 1, W, 2W]` bool
+pub(crate) fn block_pair_mask(scope: BlockScope, w: i64, previous_visible: &Tensor) -> Tensor {
     let device = previous_visible.device();
     let n = previous_visible.size()[0];
-    let in_previous = Tensor::arange(2 * w, (Kind::Int64, device)).lt(w); // [2W]
-    let hidden = in_previous.unsqueeze(0).logical_and(&previous_visible.logical_not().unsqueeze(1)); // [n, 2W]
-    let mask = pair_mask(scope, w, device).unsqueeze(0).logical_and(&hidden.logical_not().unsqueeze(1)); // [n, W, 2W]
-    if scope != BlockScope::Sliding {
-        return (mask.unsqueeze(1), None);
+    let seen = pair_mask(scope, w, device); // [W, 2W]
+    let own = Tensor::arange(2 * w, (Kind::Int64, device)).ge(w).unsqueeze(0); // [1, 2W]
+    let hidden = seen.logical_and(&own); // [W, 2W]: the previous block hidden
+    if scope == BlockScope::Sliding {
+        let _ = hidden.get(0).get(0).fill_(1); // query 0 reads the hidden block's (zero) first value
     }
-    let has_key = mask.any_dim(-1, false); // [n, W]
-    let own_key = Tensor::eye(w, (Kind::Bool, device)); // query i's own column W + i
-    let own_cols = Tensor::cat(&[Tensor::zeros([w, w], (Kind::Bool, device)), own_key], 1).unsqueeze(0); // [1, W, 2W]
-    let empty = has_key.logical_not().unsqueeze(-1); // [n, W, 1]
-    let mask = mask.logical_or(&own_cols.logical_and(&empty));
-    let keep = has_key.to_kind(Kind::Float).view([n, 1, w, 1]);
-    (mask.unsqueeze(1), Some(keep))
+    seen.unsqueeze(0).where_self(&previous_visible.view([n, 1, 1]), &hidden).unsqueeze(1)
+}
+
+/// The values of the block before block 0 with rows whose block is hidden set to zero (the
+/// mask may let a query read one of them, see [`block_pair_mask`]).
+///
+/// # Shapes
+/// - `values`: `[batch, W, heads, head_dim]`, `visible`: `[batch]` bool -> `[batch, W, heads, head_dim]`
+pub(crate) fn visible_values(values: &Tensor, visible: &Tensor) -> Tensor {
+    values * visible.view([-1, 1, 1, 1]).to_kind(values.kind())
 }
 
 /// Attention of every query over the keys its block may see under `pattern`; block 0 sees
@@ -180,10 +194,10 @@ pub fn block_attention(q: &Tensor, k: &Tensor, v: &Tensor, pattern: BlockPattern
     let (batch, seq, _, _) = q.size4().expect("q must be [batch, seq, heads, head_dim]");
     let w = pattern.window;
     assert!(seq % w == 0, "sequence length {seq} is not a multiple of the window {w}");
-    let (qb, kb, vb) = (to_blocks(q, w), to_blocks(k, w), to_blocks(v, w));
+    let qb = to_blocks(q, w); // a view (the kernel reads strides)
     if pattern.scope == BlockScope::Own {
         assert!(previous.is_none(), "the own-block pattern reads no previous block");
-        let out = Tensor::scaled_dot_product_attention(&qb, &kb, &vb, None::<Tensor>, dropout, true, None, false);
+        let out = Tensor::scaled_dot_product_attention(&qb, &to_blocks(k, w), &to_blocks(v, w), None::<Tensor>, dropout, true, None, false);
         return from_blocks(&out, batch);
     }
     let blocks = seq / w;
@@ -193,14 +207,11 @@ pub fn block_attention(q: &Tensor, k: &Tensor, v: &Tensor, pattern: BlockPattern
         None => Tensor::zeros([batch, 1], (Kind::Bool, q.device())),
     };
     let previous_visible = later.logical_or(&first_visible).flatten(0, 1); // [b*nb]
-    let (mask, keep) = block_pair_mask(pattern.scope, w, &previous_visible);
-    let (first_k, first_v) = (previous.map(|p| &p.keys), previous.map(|p| p.values));
-    let (k2, v2) = (with_previous_block(&kb, batch, pattern.cache_grad, first_k), with_previous_block(&vb, batch, pattern.cache_grad, first_v));
+    let mask = block_pair_mask(pattern.scope, w, &previous_visible);
+    let first_k = previous.map(|p| p.keys.to_kind(k.kind()));
+    let first_v = previous.map(|p| visible_values(&p.values.to_kind(v.kind()), p.visible));
+    let (k2, v2) = (with_previous_block(k, w, pattern.cache_grad, first_k), with_previous_block(v, w, pattern.cache_grad, first_v));
     let out = Tensor::scaled_dot_product_attention(&qb, &k2, &v2, Some(mask), dropout, false, None, false);
-    let out = match keep {
-        Some(keep) => out * keep.to_kind(q.kind()),
-        None => out,
-    };
     from_blocks(&out, batch)
 }
 
@@ -249,8 +260,11 @@ impl BlockAttentionHeads {
     /// # Shapes
     /// - `xs`: `[batch, seq, d_model]` -> `[batch, seq, n_heads, head_dim]`
     pub fn attend_with_state(&self, xs: &Tensor, state: &mut MixerState, train: bool) -> Tensor {
-        let qkv = split_heads(&self.qkv.forward(xs), 3, &self.dims);
-        let (q, k) = (self.rope.apply(&qkv[0]), self.rope.apply(&qkv[1]));
+        let (b, seq, _) = xs.size3().expect("xs must be [batch, seq, d_model]");
+        let (h, hd) = (self.dims.n_heads as i64, self.dims.head_dim() as i64);
+        let qkv = self.qkv.forward(xs).view([b, seq, 3, h, hd]);
+        let qk = self.rope.apply(&qkv.narrow(2, 0, 2)); // [b, seq, 2, h, hd]: both rotated in one pass
+        let (q, k, v) = (qk.select(2, 0), qk.select(2, 1), qkv.select(2, 2));
         let dropout = if train { self.dims.dropout } else { 0.0 };
         let w = self.pattern.window;
         let cached = match state {
@@ -258,11 +272,11 @@ impl BlockAttentionHeads {
             _ => None,
         };
         let previous = cached.map(|c| PreviousBlock { keys: self.rope.apply_at(&c.keys, -w), values: &c.values, visible: &c.visible });
-        let y = block_attention(&q, &k, &qkv[2], self.pattern, dropout, previous.as_ref());
+        let y = block_attention(&q, &k, &v, self.pattern, dropout, previous.as_ref());
         if self.carry {
-            let seq = xs.size()[1];
-            let visible = Tensor::ones([xs.size()[0]], (Kind::Bool, xs.device()));
-            *state = MixerState::Window(KvCache { keys: qkv[1].narrow(1, seq - w, w), values: qkv[2].narrow(1, seq - w, w), visible });
+            let visible = Tensor::ones([b], (Kind::Bool, xs.device()));
+            let last = |i: i64| qkv.select(2, i).narrow(1, seq - w, w); // un-rotated
+            *state = MixerState::Window(KvCache { keys: last(1), values: last(2), visible });
         }
         y
     }

@@ -27,7 +27,7 @@ use bst_core::params::{layer_norm, linear, var};
 use bst_core::ParamGroup;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use crate::block_attention::{block_pair_mask, split_heads};
+use crate::block_attention::{block_pair_mask, split_heads, visible_values};
 use crate::mixer::{mask_to_u8, named};
 use crate::{BlockScope, HeadDims, LayerConfig, Mixer, MixerState, Rope};
 
@@ -149,20 +149,13 @@ impl BrectCell {
     fn token_self_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, carry: &BrectState, train: bool) -> Tensor {
         let w = q.size()[1];
         let (prev_keys, prev_values) = match &carry.previous {
-            Some((pk, pv)) => (self.rope.apply_at(pk, 0), pv.shallow_clone()),
+            Some((pk, pv)) => (self.rope.apply_at(pk, 0), visible_values(pv, &carry.previous_visible)),
             None => (k.zeros_like(), v.zeros_like()),
         };
         let keys = Tensor::cat(&[prev_keys, self.rope.apply_at(k, w)], 1); // [b, 2W, h, hd]
         let values = Tensor::cat(&[&prev_values, v], 1);
-        let (mask, keep) = block_pair_mask(self.scope, w, &carry.previous_visible); // [b, 1, W, 2W]
-        let y = self.attend(&self.rope.apply_at(q, w), &keys, &values, Some(mask), train);
-        match keep {
-            Some(keep) => {
-                let keep = keep.transpose(1, 2).to_kind(y.kind()); // [b, W, 1, 1]
-                y * keep
-            }
-            None => y,
-        }
+        let mask = block_pair_mask(self.scope, w, &carry.previous_visible); // [b, 1, W, 2W]
+        self.attend(&self.rope.apply_at(q, w), &keys, &values, Some(mask), train)
     }
 
     /// One block: returns the block's output `[batch, W, d]` and updates `carry`.

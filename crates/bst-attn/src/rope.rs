@@ -30,12 +30,17 @@ impl Rope {
     /// Rotates `xs` by positions `start..start + seq`.
     ///
     /// # Shapes
-    /// - `xs`: `[batch, seq, n_heads, head_dim]` -> same
+    /// - `xs`: `[batch, seq, ..., head_dim]` (e.g. `[batch, seq, n_heads, head_dim]`, or
+    ///   `[batch, seq, 2, n_heads, head_dim]` to rotate queries and keys in one pass) -> same,
+    ///   contiguous
     pub fn apply_at(&self, xs: &Tensor, start: i64) -> Tensor {
-        let (_, seq, _, head_dim) = xs.size4().expect("rope input must be [batch, seq, heads, head_dim]");
-        let half = head_dim / 2;
+        let size = xs.size();
+        assert!(size.len() >= 3, "rope input must be [batch, seq, ..., head_dim], got {size:?}");
+        let (seq, half) = (size[1], size[size.len() - 1] / 2);
         let pos = Tensor::arange_start(start, start + seq, (Kind::Float, xs.device()));
-        let angles = pos.outer(&self.inv_freq).view([seq, 1, half]); // [seq, 1, half]
+        let mut shape = vec![1; size.len() - 1];
+        (shape[0], shape[size.len() - 2]) = (seq, half);
+        let angles = pos.outer(&self.inv_freq).view(shape.as_slice()); // [seq, 1, ..., half]
         let (cos, sin) = (angles.cos().to_kind(xs.kind()), angles.sin().to_kind(xs.kind()));
         let x1 = xs.narrow(-1, 0, half);
         let x2 = xs.narrow(-1, half, half);
@@ -60,5 +65,8 @@ mod tests {
         assert!((score(5, 2) - score(5, 4)).abs() > 1e-4, "different offsets should differ");
         let shifted = rope.apply_at(&q.to_kind(Kind::Float).narrow(1, 0, 5), 7);
         assert!(shifted.allclose(&qr.narrow(1, 7, 5), 1e-6, 1e-6, false), "apply_at(start) = positions start..");
+        // queries and keys stacked in one tensor rotate as each does alone
+        let both = rope.apply(&Tensor::stack(&[q.to_kind(Kind::Float), k.to_kind(Kind::Float)], 2)); // [1, 12, 2, 1, 8]
+        assert!(both.select(2, 0).equal(&qr) && both.select(2, 1).equal(&kr));
     }
 }

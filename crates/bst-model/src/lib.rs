@@ -18,6 +18,7 @@ pub mod lm; // LanguageModel: embedding, layers from the plan, head; LmState (ev
 pub mod optimizer; // AdamW over tensors, parameter groups decided at construction (its state goes into checkpoints)
 pub mod run_config; // RunConfig: everything one training run needs, validated as a whole
 pub mod schedule; // learning rate: linear warmup then cosine decay
+pub mod speed; // one layer of any architecture timed forward and forward+backward against L (median, spread, skip past a cap)
 pub mod train; // TrainConfig and Trainer: the training loop, resumable from checkpoints
 
 pub use autocast::{Autocast, Precision};
@@ -30,4 +31,4 @@ pub use length_eval::{evaluate_lengths, LengthEvalConfig, LengthResult};
 pub use lm::{LanguageModel, LmState};
 pub use run_config::RunConfig;
 pub use schedule::lr_at;
-pub use train::{StepMetrics, TrainConfig, TrainOutcome, Trainer};
+pub use train::{StepDone, StepMetrics, TrainConfig, TrainOutcome, Trainer};

@@ -6,12 +6,12 @@
 //! state; [`LmState`] carries the states of all layers from one window to the next (BRECT,
 //! Transformer-XL) and is empty for the others.
 
-use bst_attn::{BlockSelfAttention, BrectCell, BstAttention, LayerConfig, Mixer, MixerState, XlAttention};
+use bst_attn::{LayerConfig, Mixer, MixerState};
 use bst_core::params::{embedding, layer_norm, linear};
-use bst_ssm::{GssLayer, SsmKind, SsmLayerConfig, SsmSublayer};
 use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
 use crate::config::{LayerKind, LayerPlan};
+use crate::speed::build_mixer;
 use crate::{Autocast, ModelConfig, ModelError, Precision};
 
 /// The state every layer carries between calls; fresh at the start of a text.
@@ -81,17 +81,7 @@ struct Layer {
 impl Layer {
     fn new(vs: &nn::Path, kind: LayerKind, cfg: &LayerConfig, mlp_ratio: usize) -> Self {
         let d = cfg.dims.d_model as i64;
-        let mp = &(vs / "mixer");
-        let mixer: Box<dyn Mixer> = match kind {
-            LayerKind::Slide => Box::new(BlockSelfAttention::new(mp, cfg)),
-            LayerKind::Bst { context, ssm } => Box::new(BstAttention::new(mp, cfg, context, ssm)),
-            LayerKind::Brect => Box::new(BrectCell::new(mp, cfg)),
-            LayerKind::Xl => Box::new(XlAttention::transformer_xl(mp, cfg)),
-            LayerKind::Attention => Box::new(XlAttention::full(mp, cfg)),
-            // GSS uses DSS, a diagonal SSM; S4D is that family's standard form
-            LayerKind::Gss => Box::new(GssLayer::new(mp, &SsmLayerConfig::new(&cfg.ssm, SsmKind::S4d, cfg.dims.d_model, cfg.max_len))),
-            LayerKind::Ssm => Box::new(SsmSublayer::new(&(mp / "ssm"), &SsmLayerConfig::new(&cfg.ssm, SsmKind::S4d, cfg.dims.d_model, cfg.max_len))),
-        };
+        let mixer = build_mixer(&(vs / "mixer"), kind, cfg);
         let mlp = (kind != LayerKind::Gss).then(|| (layer_norm(&(vs / "norm2"), d), Mlp::new(&(vs / "mlp"), d, d * mlp_ratio as i64, cfg.dims.dropout)));
         Self { norm1: layer_norm(&(vs / "norm1"), d), mixer, mlp }
     }
@@ -256,7 +246,7 @@ pub(crate) mod tests {
     use tch::{Device, Kind};
 
     /// Every architecture, with SSM layers where it has them.
-    const ARCHS: [(&str, &[usize]); 12] = [
+    const ARCHS: [(&str, &[usize]); 11] = [
         ("SLIDE", &[]),
         ("BST:SH:S4D", &[1]),
         ("BST:SH:S4D", &[0, 1]),
@@ -268,7 +258,6 @@ pub(crate) mod tests {
         ("TRSF-XL", &[]),
         ("GSS-HYBRID", &[0]),
         ("TRANSFORMER", &[]),
-        ("S4D", &[]),
     ];
 
     /// A two-layer model of `arch`: d 32, W 8, training length 32, XL segments of 16 with memory 32.
@@ -367,7 +356,7 @@ pub(crate) mod tests {
             assert!(gap < 1e-4, "{arch}: the first window differs from one pass by {gap}");
             let second_window = match arch {
                 "SLIDE" | "BRECT:FIXED:SKIP" | "TRSF-XL" => one_pass(&lm, &text)[32..].to_vec(),
-                "TRANSFORMER" | "S4D" => one_pass(&lm, &text[32..]),
+                "TRANSFORMER" => one_pass(&lm, &text[32..]),
                 _ => continue,
             };
             let gap = max_gap(&scores[32..], &second_window);

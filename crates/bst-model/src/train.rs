@@ -64,6 +64,15 @@ pub struct TrainConfig {
     /// Left out of the serialised config when f32, so that run ids of older sweeps still match.
     #[serde(skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Stop training after this many seconds of training time (0 = no limit), wherever the
+    /// schedule is, then evaluate as usual: runs compared at the same wall-clock budget (e.g.
+    /// scripts/gpu_compare.sh). Left out of the serialised config when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub time_limit_s: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Defaults follow the paper where it is known (batch 32, L = 4096, warmup then cosine); the
@@ -88,6 +97,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             length_eval: None,
             precision: Precision::F32,
+            time_limit_s: 0.0,
         }
     }
 }
@@ -121,7 +131,9 @@ fn step_seed(seed: u64, step: usize, micro: usize) -> i64 {
 }
 
 /// What one optimiser step did.
-pub(crate) struct StepDone {
+#[derive(Debug, Clone)]
+pub struct StepDone {
+    /// Mean training loss over the step's micro-batches.
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
@@ -187,14 +199,16 @@ pub(crate) trait Steps {
     fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError>;
 }
 
-/// The loop every kind of training shares: steps until `train.steps`, each reported to
-/// `on_step`, which may stop the run (`ModelError::Interrupted`); with `checkpoint_dir`, a
-/// checkpoint every `train.checkpoint_every` steps, at the end and when stopped.
+/// The loop every kind of training shares: steps until `train.steps` (or `train.time_limit_s`
+/// of training time), each reported to `on_step`, which may stop the run
+/// (`ModelError::Interrupted`); with `checkpoint_dir`, a checkpoint every
+/// `train.checkpoint_every` steps, at the end and when stopped.
 pub(crate) fn run_steps(steps: &mut dyn Steps, train: &TrainConfig, device: Device, checkpoint_dir: Option<&Path>, on_step: &mut dyn FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<TrainOutcome, ModelError> {
     let start = Instant::now();
     let before = steps.position().elapsed_before;
     let elapsed = || before + start.elapsed().as_secs_f64();
-    while steps.position().step < train.steps {
+    let out_of_time = |now: f64| train.time_limit_s > 0.0 && now >= train.time_limit_s;
+    while steps.position().step < train.steps && !out_of_time(elapsed()) {
         let step = steps.position().step;
         let done = steps.step(step)?;
         let loss_value = done.loss;
@@ -207,7 +221,7 @@ pub(crate) fn run_steps(steps: &mut dyn Steps, train: &TrainConfig, device: Devi
         let stop = on_step(&metrics).is_break();
         if let Some(dir) = checkpoint_dir {
             let periodic = train.checkpoint_every > 0 && pos.step % train.checkpoint_every == 0;
-            if stop || periodic || pos.step == train.steps {
+            if stop || periodic || pos.step == train.steps || out_of_time(now) {
                 steps.save(dir, now)?;
             }
         }
@@ -280,6 +294,17 @@ impl<'a> Trainer<'a> {
     pub fn save(&self, dir: &Path, elapsed_s: f64) -> Result<(), ModelError> {
         let progress = Progress { step: self.pos.step, tokens_seen: self.pos.tokens_seen, elapsed_s, sampler: SamplerState::Lm(self.sampler.clone()), last_loss: self.pos.last_loss };
         checkpoint::save(dir, self.vs, &self.opt, &self.carry.tensors(), self.run, progress)
+    }
+
+    /// One optimiser step on the next batch of `stream` (the body of [`Self::run`], which adds
+    /// checkpoints and metrics): sampling, forward, backward, clipping, AdamW, the carried state
+    /// detached for the next step.
+    pub fn train_step(&mut self, stream: &TokenStream) -> Result<StepDone, ModelError> {
+        let step = self.pos.step;
+        let done = LmSteps { trainer: self, stream }.step(step)?;
+        self.pos.step += 1;
+        self.pos.tokens_seen += done.tokens;
+        Ok(done)
     }
 
     /// Trains until `train.steps`. With `checkpoint_dir`, saves every `train.checkpoint_every`

@@ -1,7 +1,7 @@
 //! Parameter counts at the paper's scale against Table 1 of the paper (Fathi et al. 2023), and the
 //! differences between models that its comparisons rely on.
 //!
-//! Scale (`experiments/models.toml`, profile `gpu`): 12 layers, d_model 1024, 8 heads, MLP 4096,
+//! Scale (`experiments/table1.toml`, profile `gpu`): 12 layers, d_model 1024, 8 heads, MLP 4096,
 //! W = 512, L = 4096, S4 N = 16 with the d/4 projection, BST layers {1, 7, 9}, MF's S = 32
 //! filters, BRECT's 512 recurrent states at layer -3, XL memory 2048. Vocabulary 32128, meliad's
 //! `pg19_tokens.gin` (the paper: "32k").
@@ -79,7 +79,7 @@ type Model = (&'static str, UnstructuredFilter);
 const EXPLICIT: UnstructuredFilter = UnstructuredFilter::Explicit;
 const IMPLICIT: UnstructuredFilter = UnstructuredFilter::Implicit;
 
-/// The `gpu` profile of experiments/models.toml for `arch` (unstructured filters as given), with
+/// The `gpu` profile of experiments/table1.toml for `arch` (unstructured filters as given), with
 /// training length `seq_len` and window `window` (the paper's: 4096 and 512).
 fn config((arch, filter): Model, seq_len: usize, window: usize) -> RunConfig {
     let mut cfg = RunConfig::default(); // 12 layers, d 1024, 8 heads, MLP x4, N = 16, d/4

@@ -161,12 +161,13 @@ where
                 .y_desc(&chart.y_desc)
                 .axis_desc_style(("sans-serif", 17))
                 .label_style(("sans-serif", 14))
-                .x_label_formatter(&|x| number(*x))
+                .x_label_formatter(&|x| if one_two_five(*x) { number(*x) } else { String::new() })
                 .y_label_formatter(&|y| format!("{y:.1e}"))
                 .draw()
                 .map_err(failed)?;
             draw_series(&mut ctx, chart, (x0, x1))?;
-            legend(&mut ctx)
+            // costs grow to the upper right: the upper left is free
+            legend(&mut ctx, SeriesLabelPosition::UpperLeft)
         }
         _ => {
             let mut ctx = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(failed)?;
@@ -196,12 +197,22 @@ where
                 .draw()
                 .map_err(failed)?;
             draw_series(&mut ctx, chart, (x0, x1))?;
-            legend(&mut ctx)
+            legend(&mut ctx, SeriesLabelPosition::UpperRight)
         }
     }
 }
 
-fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(ctx: &mut ChartContext<'a, DB, CT>) -> Result<(), String>
+/// Whether a log-axis tick is 1, 2 or 5 times a power of ten (the others stay unlabelled, or
+/// 7000, 8000, 9000 and 10000 run into each other).
+fn one_two_five(x: f64) -> bool {
+    if x <= 0.0 {
+        return false;
+    }
+    let mantissa = x / 10f64.powf(x.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].iter().any(|m| (mantissa - m).abs() < 1e-6)
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(ctx: &mut ChartContext<'a, DB, CT>, position: SeriesLabelPosition) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
@@ -209,7 +220,7 @@ where
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .draw()
         .map_err(failed)
 }
@@ -332,6 +343,12 @@ mod tests {
 
     fn svg_texts(svg: &str) -> Vec<String> {
         svg.split("</text>").filter_map(|t| t.rsplit_once('>')).map(|(_, text)| text.trim().to_string()).collect()
+    }
+
+    #[test]
+    fn log_ticks_are_labelled_at_one_two_five_only() {
+        let labelled: Vec<f64> = [1000.0, 2000.0, 3000.0, 5000.0, 8000.0, 9000.0, 10000.0, 20000.0].into_iter().filter(|x| one_two_five(*x)).collect();
+        assert_eq!(labelled, [1000.0, 2000.0, 5000.0, 10000.0, 20000.0]);
     }
 
     #[test]

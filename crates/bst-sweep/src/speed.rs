@@ -6,37 +6,24 @@
 
 use std::time::Instant;
 
-use bst_attn::{BlockSelfAttention, BrectCell, BstAttention, LayerConfig, Mixer, MixerState, XlAttention};
-use bst_model::{Architecture, Autocast, Precision, RunConfig};
+use bst_attn::{LayerConfig, Mixer, MixerState};
+pub use bst_model::speed::Direction;
+use bst_model::speed::{build_mixer, loglog_slope, Timing};
+use bst_model::{Architecture, Autocast, LayerKind, Precision, RunConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use toml::{Table, Value};
 
 use crate::stats::Summary;
 
-/// What is timed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Forward,
-    ForwardBackward,
-}
-
-impl std::fmt::Display for Direction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Direction::Forward => "forward",
-            Direction::ForwardBackward => "forward+backward",
-        })
-    }
-}
-
 /// The `[speed]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpeedConfig {
-    /// Layers to time, by architecture: a BST layer for `BST:*`, SLIDE's layer, BRECT's recurrent
-    /// cell, full causal attention for TRANSFORMER, Transformer-XL attention for TRSF-XL.
+    /// Layers to time, by architecture: the layer that makes it what it is
+    /// ([`LayerKind::of`], built as the language model builds it): a BST layer for `BST:*`,
+    /// SLIDE's layer, BRECT's recurrent cell, the GSS layer for GSS-HYBRID, full causal attention
+    /// for TRANSFORMER, Transformer-XL attention for TRSF-XL, the S4D sublayer for S4D.
     pub archs: Vec<Architecture>,
     /// Sequence lengths L (multiples of `attn.window`, and of `model.segment_len` for TRSF-XL).
     pub lengths: Vec<usize>,
@@ -124,18 +111,6 @@ pub struct SpeedPoint {
     pub status: String,
 }
 
-/// One layer of `arch`, behind the mixer signature.
-fn build_layer(vs: &nn::Path, arch: Architecture, cfg: &LayerConfig) -> Box<dyn Mixer> {
-    match arch {
-        Architecture::Bst { context, ssm } => Box::new(BstAttention::new(vs, cfg, context, ssm)),
-        Architecture::Slide | Architecture::GssHybrid => Box::new(BlockSelfAttention::new(vs, cfg)),
-        Architecture::Brect => Box::new(BrectCell::new(vs, cfg)),
-        Architecture::TransformerXl => Box::new(XlAttention::transformer_xl(vs, cfg)),
-        Architecture::Transformer => Box::new(XlAttention::full(vs, cfg)),
-        Architecture::S4d => Box::new(bst_ssm::SsmSublayer::new(&(vs / "ssm"), &bst_ssm::SsmLayerConfig::new(&cfg.ssm, bst_ssm::SsmKind::S4d, cfg.dims.d_model, cfg.max_len))),
-    }
-}
-
 /// Seconds of one call, the device synchronised before the clock is read; every call starts from
 /// a fresh state (BRECT from its initial state).
 fn time_call(layer: &dyn Mixer, xs: &Tensor, direction: Direction, device: Device, precision: Precision) -> Result<f64, String> {
@@ -163,7 +138,7 @@ pub fn run(cfg: &SpeedConfig, device: Device, log: &dyn Fn(String)) -> Result<Ve
     for &arch in &cfg.archs {
         let vs = nn::VarStore::new(device);
         let longest = *cfg.lengths.last().expect("validated: at least one length");
-        let layer = build_layer(&vs.root(), arch, &LayerConfig { max_len: longest, ..layer_cfg.clone() });
+        let layer = build_mixer(&vs.root(), LayerKind::of(arch), &LayerConfig { max_len: longest, ..layer_cfg.clone() });
         for &direction in &cfg.directions {
             let mut previous: Option<(usize, f64)> = None;
             for &l in &cfg.lengths {
@@ -199,15 +174,9 @@ fn measure(layer: &dyn Mixer, arch: Architecture, direction: Direction, l: usize
             return Ok(SpeedPoint { status: format!("skipped: warm-up alone took {:.0} s of a {:.0} s cap", start.elapsed().as_secs_f64(), cfg.cap_s), ..base });
         }
     }
-    let times = (0..cfg.repeats).map(|_| time_call(layer, &xs, direction, device, cfg.precision)).collect::<Result<Vec<f64>, String>>()?;
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    Ok(SpeedPoint { median_s: median(&sorted), min_s: sorted[0], max_s: sorted[sorted.len() - 1], repeats: times.len(), status: "ok".into(), ..base })
-}
-
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
+    let times = (0..cfg.repeats.max(1)).map(|_| time_call(layer, &xs, direction, device, cfg.precision)).collect::<Result<Vec<f64>, String>>()?;
+    let t = Timing::from_samples(times);
+    Ok(SpeedPoint { median_s: t.median_s, min_s: t.min_s, max_s: t.max_s, repeats: t.samples.len(), status: "ok".into(), ..base })
 }
 
 /// The median time of `arch` at `l` in `direction`, if measured.
@@ -218,15 +187,8 @@ pub fn time_of(points: &[SpeedPoint], arch: &str, direction: &str, l: usize) -> 
 /// The slope of log(time) against log(L) over the measured points of `arch` (least squares):
 /// about 1 for linear cost, 2 for quadratic.
 pub fn log_log_slope(points: &[SpeedPoint], arch: &str, direction: &str) -> Option<f64> {
-    let xy: Vec<(f64, f64)> = points.iter().filter(|p| p.arch == arch && p.direction == direction && p.status == "ok").map(|p| ((p.seq_len as f64).ln(), p.median_s.ln())).collect();
-    if xy.len() < 2 {
-        return None;
-    }
-    let n = xy.len() as f64;
-    let (mx, my) = (xy.iter().map(|p| p.0).sum::<f64>() / n, xy.iter().map(|p| p.1).sum::<f64>() / n);
-    let sxy: f64 = xy.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-    let sxx: f64 = xy.iter().map(|(x, _)| (x - mx).powi(2)).sum();
-    Some(sxy / sxx)
+    let measured: Vec<(i64, f64)> = points.iter().filter(|p| p.arch == arch && p.direction == direction && p.status == "ok").map(|p| (p.seq_len as i64, p.median_s)).collect();
+    loglog_slope(&measured)
 }
 
 /// The spread of a point's repeats, as a summary for tables.
