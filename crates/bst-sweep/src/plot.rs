@@ -135,13 +135,18 @@ fn ranges(chart: &Chart) -> Result<(f64, f64, f64, f64), String> {
     if x0 > x1 || y0 > y1 {
         return Err(format!("nothing to plot for `{}`", chart.title));
     }
+    // headroom above the data for the legend (upper right), one line per entry
+    let legend_rows = (chart.series.len() + chart.bands.len()) as f64;
     Ok(match (&chart.x, chart.log_y) {
         (XAxis::Log, true) => (x0 / 1.3, x1 * 1.3, y0 / 1.5, y1 * 1.5),
-        (XAxis::Categories(_), _) => (x0 - 0.6, x1 + 0.6, y0 - (y1 - y0).max(0.01) * 0.12, y1 + (y1 - y0).max(0.01) * 0.12),
+        (XAxis::Categories(_), _) => {
+            let span = (y1 - y0).max(0.01);
+            (x0 - 0.6, x1 + 0.6, y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows))
+        }
         _ => {
             let pad_x = if x1 > x0 { (x1 - x0) * 0.06 } else { 0.5 };
-            let pad_y = if y1 > y0 { (y1 - y0) * 0.12 } else { 0.01 * y1.abs().max(1.0) };
-            (x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y)
+            let span = if y1 > y0 { y1 - y0 } else { 0.08 * y1.abs().max(1.0) };
+            (x0 - pad_x, x1 + pad_x, y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows))
         }
     })
 }
