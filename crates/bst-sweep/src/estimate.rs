@@ -72,7 +72,12 @@ pub fn estimate(runs: &[&RunSpec], device: Device) -> Vec<Option<f64>> {
                 let train = (c.train.steps * c.train.grad_accum * c.train.batch_size * c.train.seq_len) as f64 / t;
                 // evaluation is forward-only (about a third of a training step) on valid, test and
                 // the test split again at each longer length
-                let eval_tokens = if c.train.eval_tokens == 0 { 1_000_000 } else { c.train.eval_tokens } as f64;
+                let eval_tokens = match &c.lra {
+                    // a classification run scores its validation and test examples
+                    Some(l) => (l.n_valid.unwrap_or(1000) + l.n_test.unwrap_or(1000)) * l.seq_len.unwrap_or(c.train.seq_len),
+                    None if c.train.eval_tokens == 0 => 1_000_000,
+                    None => c.train.eval_tokens,
+                } as f64;
                 train + eval_tokens * (1 + c.train.eval_length_factors.len()) as f64 / (3.0 * t)
             })
         })

@@ -139,6 +139,10 @@ fn ranges(chart: &Chart) -> Result<(f64, f64, f64, f64), String> {
     let legend_rows = (chart.series.len() + chart.bands.len()) as f64;
     Ok(match (&chart.x, chart.log_y) {
         (XAxis::Log, true) => (x0 / 1.3, x1 * 1.3, y0 / 1.5, y1 * 1.5),
+        (XAxis::Log, false) => {
+            let span = if y1 > y0 { y1 - y0 } else { 0.08 * y1.abs().max(1.0) };
+            (x0 / 1.3, x1 * 1.3, y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows))
+        }
         (XAxis::Categories(_), _) => {
             let span = (y1 - y0).max(0.01);
             (x0 - 0.6, x1 + 0.6, y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows))
@@ -173,6 +177,19 @@ where
             draw_series(&mut ctx, chart, (x0, x1))?;
             // costs grow to the upper right: the upper left is free
             legend(&mut ctx, SeriesLabelPosition::UpperLeft)
+        }
+        (XAxis::Log, false) => {
+            let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(failed)?;
+            ctx.configure_mesh()
+                .x_desc(&chart.x_desc)
+                .y_desc(&chart.y_desc)
+                .axis_desc_style(("sans-serif", 17))
+                .label_style(("sans-serif", 14))
+                .x_label_formatter(&|x| if one_two_five(*x) { number(*x) } else { String::new() })
+                .draw()
+                .map_err(failed)?;
+            draw_series(&mut ctx, chart, (x0, x1))?;
+            legend(&mut ctx, SeriesLabelPosition::UpperRight)
         }
         _ => {
             let mut ctx = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(failed)?;

@@ -212,7 +212,7 @@ fn length_chart(study: &Study, cells: &[Cell], title_prefix: &str) -> Option<Cha
         })
         .collect();
     (!series.is_empty()).then(|| Chart {
-        title: format!("{title_prefix}{}: test bits per byte against the evaluated length (same targets; mean ± sd over seeds)", study.name),
+        title: format!("{title_prefix}{}: bits per byte by evaluated length (same targets, mean ± sd)", study.name),
         x_desc: "evaluated length (tokens; trained at train.seq_len)".into(),
         y_desc: Metric::TestBpb.axis().into(),
         x: XAxis::Log,
@@ -416,10 +416,15 @@ pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) 
         f.dedup();
         f
     };
+    // the same-target length evaluation (train.length_eval), in bits per byte
+    let mut same_targets: Vec<f64> = cells.iter().flat_map(|c| c.records.iter().flat_map(|r| r.length_eval.iter().map(|l| l.factor))).collect();
+    same_targets.sort_by(f64::total_cmp);
+    same_targets.dedup();
     let mut head = vec!["variant".to_string(), "layers (from 1)".to_string()];
     head.extend(study.keys.iter().cloned());
     head.push(format!("{} (mean ± sd, n)", metric.name()));
     head.extend(factors.iter().map(|f| format!("at {f}x length")));
+    head.extend(same_targets.iter().map(|f| format!("bpb at {f}x L, same targets")));
     head.extend(["params", "train tokens/s", "failed"].map(String::from));
     let _ = writeln!(out, "**What we measured**:\n\n| {} |\n|{}", head.join(" | "), "---|".repeat(head.len()));
     for c in cells {
@@ -427,6 +432,7 @@ pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) 
         row.extend(study.keys.iter().map(|k| c.value(k).map_or_else(|| "—".into(), String::from)));
         row.push(c.summary(metric).map_or_else(|| "not run yet".into(), |s| s.display(metric.decimals())));
         row.extend(factors.iter().map(|&f| c.longer_summary(metric, f).map_or_else(String::new, |s| s.display(metric.decimals()))));
+        row.extend(same_targets.iter().map(|&f| c.length_summary(f).map_or_else(String::new, |s| s.display(3))));
         let mean = |f: &dyn Fn(&RunRecord) -> f64| c.records.iter().map(|r| f(r)).sum::<f64>() / c.records.len().max(1) as f64;
         row.push(if c.records.is_empty() { String::new() } else { format!("{:.2}M", mean(&|r| r.params as f64) / 1e6) });
         row.push(if c.records.is_empty() { String::new() } else { format!("{:.0}", mean(&|r| r.tokens_per_s)) });
