@@ -252,7 +252,8 @@ pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) 
     for c in cells {
         let Some(s) = c.summary(metric) else { continue };
         let arch = c.arch();
-        let label = c.label_without(key);
+        // against the parameter count, one line per variant through its sizes
+        let label = if x == Some("params") { c.variant.clone() } else { c.label_without(key) };
         match along(c) {
             None if key.is_some() => bands.push(Band { color: palette.color(&arch), label, mean: s.mean, sd: s.sd }),
             at => {
@@ -281,7 +282,11 @@ pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) 
         title: format!("{title_prefix}{}: {} (mean ± sd over seeds)", study.name, metric.name()),
         x_desc: x.map_or_else(|| "variant".into(), x_desc),
         y_desc: metric.axis().into(),
-        x: if numeric { XAxis::Linear } else { XAxis::Categories(labels) },
+        x: match (numeric, x) {
+            (true, Some("params")) => XAxis::Log,
+            (true, _) => XAxis::Linear,
+            (false, _) => XAxis::Categories(labels),
+        },
         log_y: false,
         series,
         bands,
