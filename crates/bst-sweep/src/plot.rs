@@ -137,20 +137,22 @@ fn ranges(chart: &Chart) -> Result<(f64, f64, f64, f64), String> {
     }
     // headroom above the data for the legend (upper right), one line per entry
     let legend_rows = (chart.series.len() + chart.bands.len()) as f64;
+    let linear_y = |span: f64| (y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows));
+    let data_span = if y1 > y0 { y1 - y0 } else { 0.08 * y1.abs().max(1.0) };
     Ok(match (&chart.x, chart.log_y) {
         (XAxis::Log, true) => (x0 / 1.3, x1 * 1.3, y0 / 1.5, y1 * 1.5),
         (XAxis::Log, false) => {
-            let span = if y1 > y0 { y1 - y0 } else { 0.08 * y1.abs().max(1.0) };
-            (x0 / 1.3, x1 * 1.3, y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows))
+            let (ya, yb) = linear_y(data_span);
+            (x0 / 1.3, x1 * 1.3, ya, yb)
         }
         (XAxis::Categories(_), _) => {
-            let span = (y1 - y0).max(0.01);
-            (x0 - 0.6, x1 + 0.6, y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows))
+            let (ya, yb) = linear_y((y1 - y0).max(0.01));
+            (x0 - 0.6, x1 + 0.6, ya, yb)
         }
         _ => {
             let pad_x = if x1 > x0 { (x1 - x0) * 0.06 } else { 0.5 };
-            let span = if y1 > y0 { y1 - y0 } else { 0.08 * y1.abs().max(1.0) };
-            (x0 - pad_x, x1 + pad_x, y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows))
+            let (ya, yb) = linear_y(data_span);
+            (x0 - pad_x, x1 + pad_x, ya, yb)
         }
     })
 }

@@ -366,11 +366,8 @@ impl Cell<'_> {
 
 /// The verdict on `claim`, with one sentence of evidence.
 pub fn verdict(claim: &Claim, cells: &[Cell], metric: Metric) -> (Verdict, String) {
-    let cell = |s: &Selector| cells.iter().find(|c| c.is(s));
-    let (Some(bc), Some(wc)) = (cell(&claim.better), cell(&claim.worse)) else {
-        return (Verdict::NotRun, format!("{} or {} has no finished run", claim.better, claim.worse));
-    };
-    let (Some(b), Some(w)) = (bc.summary(metric), wc.summary(metric)) else {
+    let side = |s: &Selector| cells.iter().find(|c| c.is(s)).and_then(|c| Some((c, c.summary(metric)?)));
+    let (Some((bc, b)), Some((wc, w))) = (side(&claim.better), side(&claim.worse)) else {
         return (Verdict::NotRun, format!("{} or {} has no finished run", claim.better, claim.worse));
     };
     let d = metric.decimals();
