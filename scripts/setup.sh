@@ -46,15 +46,18 @@ if [ -x .venv/bin/python ] && [ "$(torch_version)" = "$TORCH_VERSION" ]; then
   say "torch $TORCH_VERSION already in .venv"
 else
   say "installing torch==$TORCH_VERSION into .venv (about 4.6 GB)"
+  free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+  [ "$free_gb" -ge 8 ] || say "warning: only ${free_gb} GB free here; torch (4.6 GB), the data and a build need about 12 GB"
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+  # No pip cache: a cached copy of the wheels would double the install's disk use.
+  .venv/bin/pip install -q --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION"
   [ "$(torch_version)" = "$TORCH_VERSION" ] || { echo "[setup] torch install failed" >&2; exit 1; }
 fi
 
 if .venv/bin/python -c "import safetensors" 2>/dev/null; then
   say "safetensors (Python) already in .venv"
 else
-  .venv/bin/pip install -q --disable-pip-version-check safetensors
+  .venv/bin/pip install -q --no-cache-dir --disable-pip-version-check safetensors
   say "installed safetensors into .venv (tests load our checkpoints from Python)"
 fi
 
@@ -62,7 +65,7 @@ GGUF_VERSION=0.19.0
 if .venv/bin/python -c "import gguf, regex, importlib.metadata as m; assert m.version('gguf') == '$GGUF_VERSION'" 2>/dev/null; then
   say "gguf $GGUF_VERSION and regex (Python) already in .venv"
 else
-  .venv/bin/pip install -q --disable-pip-version-check "gguf==$GGUF_VERSION" regex
+  .venv/bin/pip install -q --no-cache-dir --disable-pip-version-check "gguf==$GGUF_VERSION" regex
   say "installed gguf==$GGUF_VERSION and regex into .venv (bst-msrnn checks its GGUF reader and tokenizer against them)"
 fi
 
