@@ -250,6 +250,51 @@ impl LayerPlan {
         self.0.iter().any(|k| matches!(k, LayerKind::Slide | LayerKind::Bst { .. } | LayerKind::Brect))
     }
 
+    /// Floats a token-by-token decoder of this plan holds per sequence between tokens once the
+    /// text is longer than every window: its state as a multi-state RNN (Oren et al. 2024), bounded
+    /// by construction (x4 for f32 bytes). `None` when some layer's state grows with the text (full
+    /// attention: there a KV-cache policy sets the bound) or is not counted (XL, GSS, SSM-only).
+    ///
+    /// Per layer, what a streaming implementation must keep:
+    /// - SLIDE: keys and values of the window, 2 W d (meliad's W previous tokens; the `block`
+    ///   window mask reaches 2W - 1 back).
+    /// - BST: its SLIDE part; the SSM's recurrent state per bank (d / ssm.proj_factor channels; S4D
+    ///   N/2 complex modes = N floats per channel, S4 N complex = 2N, UNSTRUCT no finite recurrence:
+    ///   the last L inputs, since its filters have L taps and restart every window); the context
+    ///   keys and values (SH, MH: the current block's up to W states, 2 W d; MF: the S states read
+    ///   at the previous block's end, 2 S d). Banks: SH 1, MH one per head, MF S.
+    /// - BRECT: its SLIDE part, the S recurrent states (S d) and the current block's W inputs,
+    ///   which the state update at the block's end reads (W d).
+    pub fn stream_state_floats(&self, cfg: &bst_attn::LayerConfig) -> Option<usize> {
+        let (d, w, s) = (cfg.dims.d_model, cfg.attn.window, cfg.context_states);
+        let reach = match cfg.attn.window_mask {
+            bst_attn::WindowMask::Sliding => w,
+            bst_attn::WindowMask::Block => 2 * w - 1,
+        };
+        let slide = 2 * reach * d;
+        let per_channel = |kind: SsmKind| match kind {
+            SsmKind::S4d => cfg.ssm.state_size,
+            SsmKind::S4 => 2 * cfg.ssm.state_size,
+            SsmKind::Unstructured => cfg.max_len,
+        };
+        self.0
+            .iter()
+            .map(|kind| match *kind {
+                LayerKind::Slide => Some(slide),
+                LayerKind::Brect => Some(slide + s * d + w * d),
+                LayerKind::Bst { context, ssm } => {
+                    let (banks, context_kv) = match context {
+                        ContextVariant::Sh => (1, 2 * w * d),
+                        ContextVariant::Mh => (cfg.dims.n_heads, 2 * w * d),
+                        ContextVariant::Mf => (s, 2 * s * d),
+                    };
+                    Some(slide + banks * (d / cfg.ssm.proj_factor) * per_channel(ssm) + context_kv)
+                }
+                LayerKind::Attention | LayerKind::Xl | LayerKind::Gss | LayerKind::Ssm => None,
+            })
+            .sum()
+    }
+
     /// The layers that are not SLIDE, numbered from 1 as in the paper: `"2 BST:SH:S4D, 4 BST:SH:S4D"`
     /// (every layer, when all are of one other kind: `"1-4 XL"`).
     pub fn placement(&self) -> String {
@@ -311,6 +356,27 @@ mod tests {
         let full = model("TRANSFORMER", 2, &[]).plan().unwrap();
         assert!(!full.has_recurrent_layers() && !full.is_blocked());
         assert_eq!(model("GSS-HYBRID", 3, &[0]).plan().unwrap().0[0], LayerKind::Gss);
+    }
+
+    /// The streamed state, counted by hand for d 64, W 32, S 16, N 16, d/4 SSM channels, L 256.
+    #[test]
+    fn stream_state_counts_each_layer_kind() {
+        let mut cfg = bst_attn::LayerConfig::small(64, 4, 32);
+        (cfg.context_states, cfg.max_len) = (16, 256);
+        let counted = |arch: &str, ssm_layers: &[usize], cfg: &bst_attn::LayerConfig| model(arch, 4, ssm_layers).plan().unwrap().stream_state_floats(cfg);
+        let floats = |arch: &str, ssm_layers: &[usize]| counted(arch, ssm_layers, &cfg);
+        let slide = 2 * 32 * 64;
+        assert_eq!(floats("SLIDE", &[]), Some(4 * slide));
+        assert_eq!(floats("BST:SH:S4D", &[1]), Some(4 * slide + 16 * 16 + slide), "SH context: the block's W states");
+        assert_eq!(floats("BST:SH:S4", &[1]), Some(4 * slide + 16 * 32 + slide), "S4: N complex per channel");
+        assert_eq!(floats("BST:MH:S4D", &[1]), Some(4 * slide + 4 * 16 * 16 + slide), "MH: one bank per head");
+        assert_eq!(floats("BST:MF:S4", &[1]), Some(4 * slide + 16 * 16 * 32 + 2 * 16 * 64), "MF: S banks, S context states");
+        assert_eq!(floats("BST:SH:UNSTRUCT", &[1]), Some(4 * slide + 16 * 256 + slide), "UNSTRUCT: the last L inputs");
+        assert_eq!(floats("BRECT:FIXED:SKIP", &[]), Some(4 * slide + 16 * 64 + 32 * 64));
+        assert_eq!(floats("TRANSFORMER", &[]), None, "full attention grows with the text");
+        let mut block = cfg.clone();
+        block.attn.window_mask = bst_attn::WindowMask::Block;
+        assert_eq!(counted("SLIDE", &[], &block), Some(4 * 2 * 63 * 64), "the block window reaches 2W - 1 back");
     }
 
     #[test]

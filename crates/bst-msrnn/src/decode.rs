@@ -2,11 +2,41 @@
 //! multi-state RNN view of a transformer (each step reads and updates a state of at most `k`
 //! key/value entries per layer).
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
 use crate::kv_cache::{KvCache, Policy};
 use crate::llama::{token_logprobs, Llama};
+
+/// A decoder that steps one token per row through one bounded [`KvCache`] per group of rows: the
+/// pretrained [`Llama`] and the lab's own TRANSFORMER ([`crate::LabTransformer`]).
+pub trait StepModel {
+    fn device(&self) -> Device;
+    /// Attention layers, one [`crate::LayerCache`] each.
+    fn n_layers(&self) -> usize;
+    /// Decodes one token per row at absolute `position`: the rows are split into `caches.len()`
+    /// equal groups of consecutive rows, group `g` attending through `caches[g]`.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch]` (i64) -> logits `[batch, vocab]`
+    fn step_groups(&self, tokens: &Tensor, position: i64, caches: &mut [KvCache]) -> Tensor;
+
+    fn new_cache(&self, policy: Policy, budget: Option<usize>) -> KvCache {
+        KvCache::new(self.n_layers(), policy, budget)
+    }
+}
+
+impl StepModel for Llama {
+    fn device(&self) -> Device {
+        Llama::device(self)
+    }
+    fn n_layers(&self) -> usize {
+        self.cfg.n_layers
+    }
+    fn step_groups(&self, tokens: &Tensor, position: i64, caches: &mut [KvCache]) -> Tensor {
+        Llama::step_groups(self, tokens, position, caches)
+    }
+}
 
 /// What one decode produced.
 pub struct Decoded {
@@ -23,18 +53,18 @@ pub struct Decoded {
 ///
 /// # Shapes
 /// - `tokens`: `[batch, seq]` (i64, all sequences of one length)
-pub fn decode(model: &Llama, tokens: &Tensor, policy: Policy, k: Option<usize>, mut on_step: impl FnMut(i64, &KvCache)) -> Result<Decoded> {
+pub fn decode<M: StepModel + ?Sized>(model: &M, tokens: &Tensor, policy: Policy, k: Option<usize>, mut on_step: impl FnMut(i64, &KvCache)) -> Result<Decoded> {
     let mut out = decode_settings(model, tokens, &[(policy, k)], |t, caches| on_step(t, &caches[0]))?;
     Ok(out.remove(0))
 }
 
 /// Decodes the same `tokens` under several (policy, budget) settings at once: one batch of
-/// `settings.len() * batch` rows, each setting with its own caches (see [`Llama::step_groups`]).
+/// `settings.len() * batch` rows, each setting with its own caches (see [`StepModel::step_groups`]).
 /// Returns one [`Decoded`] per setting, in order; `on_step(t, caches)` sees every setting's cache.
 ///
 /// # Shapes
 /// - `tokens`: `[batch, seq]` (i64)
-pub fn decode_settings(model: &Llama, tokens: &Tensor, settings: &[(Policy, Option<usize>)], mut on_step: impl FnMut(i64, &[KvCache])) -> Result<Vec<Decoded>> {
+pub fn decode_settings<M: StepModel + ?Sized>(model: &M, tokens: &Tensor, settings: &[(Policy, Option<usize>)], mut on_step: impl FnMut(i64, &[KvCache])) -> Result<Vec<Decoded>> {
     for &(policy, k) in settings {
         if let Some(k) = k {
             policy.validate(k)?;

@@ -304,6 +304,35 @@ impl LayerCache {
     }
 }
 
+/// One decoding step of attention for one layer: the batch is split into `caches.len()` equal
+/// groups of consecutive rows, group `g` appending its new key/value to `caches[g]`, attending
+/// over it and letting its policy evict. Any model's step attention goes through here, so every
+/// model is bounded by the same code.
+///
+/// # Shapes
+/// - `q`: `[batch, q_heads, head_dim]`, rotated and already scaled by 1/sqrt(head_dim)
+/// - `k`, `v`: `[batch, kv_heads, head_dim]` (`k` rotated at `position`); `q_heads` a multiple of `kv_heads`
+/// - returns `[batch, q_heads * head_dim]`
+pub fn attend_step(q: &Tensor, k: &Tensor, v: &Tensor, caches: &mut [&mut LayerCache], position: i64) -> Tensor {
+    let (batch, nh, hd) = q.size3().expect("q must be [batch, q_heads, head_dim]");
+    let nkv = k.size()[1];
+    let per = batch / caches.len() as i64;
+    let outs: Vec<Tensor> = caches
+        .iter_mut()
+        .enumerate()
+        .map(|(g, cache)| {
+            let rows = |t: &Tensor| t.narrow(0, g as i64 * per, per);
+            cache.append(&rows(k).unsqueeze(2), &rows(v).unsqueeze(2), position);
+            let q = rows(q).view([per, nkv, nh / nkv, hd]); // [per, kv, group, hd]
+            let w = q.matmul(&cache.keys().transpose(2, 3)).softmax(-1, Kind::Float); // [per, kv, group, span]
+            let out = w.matmul(&cache.values()).view([per, nh * hd]);
+            cache.observe(&w.view([per, nh, -1]));
+            out
+        })
+        .collect();
+    if outs.len() == 1 { outs.into_iter().next().expect("one group") } else { Tensor::cat(&outs, 0) }
+}
+
 /// One [`LayerCache`] per layer, all with the same policy and budget.
 pub struct KvCache {
     pub layers: Vec<LayerCache>,

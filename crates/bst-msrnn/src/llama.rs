@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{MsrnnError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::{KvCache, LayerCache};
+use crate::kv_cache::{attend_step, KvCache, LayerCache};
 
 /// Sizes of a llama model (GGUF keys `llama.*`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -243,24 +243,10 @@ impl Llama {
     fn step_block(&self, b: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, caches: &mut [&mut LayerCache], position: i64) -> Tensor {
         let (nh, nkv, hd) = (self.cfg.n_heads as i64, self.cfg.n_kv_heads as i64, self.cfg.head_dim() as i64);
         let batch = x.size()[0];
-        let per = batch / caches.len() as i64;
         let h = x.rms_norm([self.cfg.d_model as i64], Some(&b.attn_norm), self.cfg.rms_eps);
         let qkv = h.linear::<Tensor>(&b.w_qkv, None).view([batch, nh + 2 * nkv, hd]);
-        let qk = rope(&qkv.narrow(1, 0, nh + nkv), cos, sin); // [batch, nh + nkv, hd]
-        let outs: Vec<Tensor> = caches
-            .iter_mut()
-            .enumerate()
-            .map(|(g, cache)| {
-                let rows = |t: &Tensor| t.narrow(0, g as i64 * per, per);
-                let q = rows(&qk).narrow(1, 0, nh).view([per, nkv, nh / nkv, hd]); // [per, kv, group, hd]
-                cache.append(&rows(&qk).narrow(1, nh, nkv).unsqueeze(2), &rows(&qkv).narrow(1, nh + nkv, nkv).unsqueeze(2), position);
-                let w = q.matmul(&cache.keys().transpose(2, 3)).softmax(-1, Kind::Float); // [per, kv, group, span]
-                let attn = w.matmul(&cache.values()).view([per, nh * hd]);
-                cache.observe(&w.view([per, nh, -1]));
-                attn
-            })
-            .collect();
-        let attn = if outs.len() == 1 { outs.into_iter().next().expect("one group") } else { Tensor::cat(&outs, 0) };
+        let qk = rope(&qkv.narrow(1, 0, nh + nkv), cos, sin); // [batch, nh + nkv, hd]; q pre-scaled in w_qkv
+        let attn = attend_step(&qk.narrow(1, 0, nh), &qk.narrow(1, nh, nkv), &qkv.narrow(1, nh + nkv, nkv), caches, position);
         let x = x + attn.linear::<Tensor>(&b.w_o, None);
         x.shallow_clone() + self.ffn(b, &x)
     }

@@ -171,8 +171,8 @@ pub struct SettingResult {
 /// Decodes `chunks` under every setting at once (one batch row per chunk and setting, see
 /// [`crate::decode_settings`]), `batch` chunks at a time. `snapshot(t, first_chunk, setting,
 /// cache)` sees each setting's cache after step `t`.
-pub fn decode_chunks(
-    model: &Llama,
+pub fn decode_chunks<M: crate::StepModel + ?Sized>(
+    model: &M,
     chunks: &Tensor,
     settings: &[(Policy, Option<usize>)],
     batch: usize,

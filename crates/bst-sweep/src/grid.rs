@@ -22,8 +22,9 @@
 //! model.arch = "SLIDE"
 //! not_crossed_with = ["model.ssm_layers"]   # a baseline that does not vary along that axis
 //! [speed]                  # the layer-speed study (see crate::speed)
+//! [msrnn]                  # the multi-state RNN study over the trained runs (see crate::msrnn)
 //! [slurm]                  # job-array resources for `bst-sweep slurm` (see crate::slurm)
-//! [profiles.gpu.base]      # --profile gpu: applied over [base]; also .sweep (seeds), .speed,
+//! [profiles.gpu.base]      # --profile gpu: applied over [base]; also .sweep (seeds), .speed, .msrnn,
 //! model.d_model = 1024     #   .slurm, .study.<name>.{grid, zip, exclude, variant.<name>}
 //! ```
 //! A file without `[[study]]` may give one study as top-level `[grid]` and `[[variant]]` (and
@@ -39,6 +40,7 @@ use bst_model::{LayerPlan, RunConfig};
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::msrnn::MsrnnConfig;
 use crate::slurm::SlurmConfig;
 use crate::speed::SpeedConfig;
 
@@ -99,6 +101,55 @@ pub struct Study {
     pub variants: Vec<String>,
     /// The paper's findings this study tests, each as a pair of its configurations.
     pub claims: Vec<Claim>,
+    /// The paper's table this study reproduces, laid out beside ours in the report.
+    pub paper_table: Option<PaperTable>,
+}
+
+/// The paper's numbers for a study's configurations (`[study.paper_table]`): one row per variant,
+/// one column per value of one varying key. The report puts them beside ours, with both orderings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaperTable {
+    /// The varying key the columns follow, e.g. `data.corpus`.
+    pub key: String,
+    /// Our values of `key`, one per column.
+    pub columns: Vec<String>,
+    /// The paper's name for each column (its datasets: PG19, arXiv, GitHub).
+    pub labels: Vec<String>,
+    /// What the paper's numbers are, e.g. "perplexity (32k SentencePiece tokens)".
+    pub metric: String,
+    /// The notes' confirmation tag of the numbers, per variant when it differs from `tag`.
+    pub tag: String,
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Variant -> the paper's value in each column.
+    pub values: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+impl PaperTable {
+    /// Checks the table against the study's variants and the values its key takes.
+    fn validate(&self, variants: &[String], candidates: &[(String, Vec<Value>)]) -> Result<(), String> {
+        let Some((_, values)) = candidates.iter().find(|(k, _)| *k == self.key) else {
+            let keys: Vec<&str> = candidates.iter().map(|(k, _)| k.as_str()).collect();
+            return Err(format!("paper_table.key = `{}` is not a varying key of the study (its keys: {})", self.key, keys.join(", ")));
+        };
+        let ours: Vec<String> = values.iter().map(display_value).collect();
+        if let Some(bad) = self.columns.iter().find(|c| !ours.contains(c)) {
+            return Err(format!("paper_table.columns: `{bad}` is not a value of {} (values: {})", self.key, ours.join(", ")));
+        }
+        if self.labels.len() != self.columns.len() {
+            return Err(format!("paper_table.labels: {} labels for {} columns", self.labels.len(), self.columns.len()));
+        }
+        for (variant, row) in &self.values {
+            if !variants.contains(variant) {
+                return Err(format!("paper_table.values.\"{variant}\": no such variant (variants: {})", variants.join(", ")));
+            }
+            if row.len() != self.columns.len() {
+                return Err(format!("paper_table.values.\"{variant}\": {} values for {} columns", row.len(), self.columns.len()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A finding of the paper that one configuration of a study beats another on the study's metric
@@ -203,6 +254,8 @@ pub struct Sweep {
     pub runs: Vec<RunSpec>,
     /// The layer-speed study, if the file has a `[speed]` table.
     pub speed: Option<SpeedConfig>,
+    /// The multi-state RNN study, if the file has an `[msrnn]` table.
+    pub msrnn: Option<MsrnnConfig>,
     /// Job-array resources: `[slurm]` with the profile's `[profiles.<p>.slurm]` over it.
     pub slurm: SlurmConfig,
 }
@@ -260,6 +313,8 @@ struct RawStudy {
     variant: Vec<Table>,
     #[serde(default)]
     claim: Vec<RawClaim>,
+    #[serde(default)]
+    paper_table: Option<PaperTable>,
 }
 
 /// A claim as written: `better` and `worse` name variants; `better_at` / `worse_at` give the
@@ -291,6 +346,7 @@ struct RawSweep {
     base: Table,
     studies: Vec<RawStudy>,
     speed: Option<Table>,
+    msrnn: Option<Table>,
     slurm: Table,
     profiles: Table,
 }
@@ -314,9 +370,9 @@ impl Sweep {
         for other in known.iter().filter(|p| **p != selected) {
             expand(&raw, other, &[]).map_err(|m| err(format!("profile `{other}`: {m}")))?;
         }
-        let (meta, studies, runs, speed, slurm) = expand(&raw, &selected, overrides).map_err(err)?;
+        let Expanded { meta, studies, runs, speed, msrnn, slurm } = expand(&raw, &selected, overrides).map_err(err)?;
         let keys = union_keys(&studies);
-        Ok(Sweep { file: path.to_owned(), meta, profile: selected, studies, keys, runs, speed, slurm })
+        Ok(Sweep { file: path.to_owned(), meta, profile: selected, studies, keys, runs, speed, msrnn, slurm })
     }
 
     /// `results/<name>` for the default profile, `results/<name>-<profile>` otherwise.
@@ -337,7 +393,7 @@ impl Sweep {
 impl RawSweep {
     fn parse(text: &str) -> Result<Self, String> {
         let mut doc: Table = toml::from_str(text).map_err(|e| format!("not valid TOML: {e}"))?;
-        const TOP: [&str; 9] = ["sweep", "base", "grid", "zip", "variant", "study", "speed", "slurm", "profiles"];
+        const TOP: [&str; 10] = ["sweep", "base", "grid", "zip", "variant", "study", "speed", "msrnn", "slurm", "profiles"];
         if let Some(bad) = doc.keys().find(|k| !TOP.contains(&k.as_str())) {
             return Err(format!("unknown top-level key `{bad}`, expected one of: {}", TOP.join(", ")));
         }
@@ -347,6 +403,7 @@ impl RawSweep {
         }
         let base = take_table(&mut doc, "base")?;
         let speed = doc.remove("speed").map(|v| v.try_into::<Table>().map_err(|_| "`speed` must be a table ([speed])".to_string())).transpose()?;
+        let msrnn = doc.remove("msrnn").map(|v| v.try_into::<Table>().map_err(|_| "`msrnn` must be a table ([msrnn])".to_string())).transpose()?;
         let slurm = take_table(&mut doc, "slurm")?;
         SlurmConfig::from_table(slurm.clone(), "slurm")?;
         let profiles = take_table(&mut doc, "profiles")?;
@@ -372,6 +429,7 @@ impl RawSweep {
                     None => Vec::new(),
                 },
                 claim: Vec::new(),
+                paper_table: None,
             }],
         };
         if studies.is_empty() {
@@ -382,7 +440,7 @@ impl RawSweep {
                 return Err(format!("two studies are named `{}`", s.name));
             }
         }
-        Ok(Self { meta, base, studies, speed, slurm, profiles })
+        Ok(Self { meta, base, studies, speed, msrnn, slurm, profiles })
     }
 
     /// `cpu` (the base) and every `[profiles.*]`.
@@ -403,6 +461,10 @@ impl RawSweep {
                 ("speed", Value::Table(t)) => {
                     let speed = out.speed.get_or_insert_with(Table::new);
                     flatten(&t, "").into_iter().for_each(|(k, v)| set_path(speed, &k, v));
+                }
+                ("msrnn", Value::Table(t)) => {
+                    let msrnn = out.msrnn.get_or_insert_with(Table::new);
+                    flatten(&t, "").into_iter().for_each(|(k, v)| set_path(msrnn, &k, v));
                 }
                 ("slurm", Value::Table(t)) => {
                     SlurmConfig::from_table(t.clone(), &at)?;
@@ -426,7 +488,7 @@ impl RawSweep {
                         }
                     }
                 }
-                (other, _) => return Err(format!("{at}: unknown or misplaced key `{other}`, expected base, sweep, speed, slurm, study{}", if single { ", grid, zip, variant" } else { "" })),
+                (other, _) => return Err(format!("{at}: unknown or misplaced key `{other}`, expected base, sweep, speed, msrnn, slurm, study{}", if single { ", grid, zip, variant" } else { "" })),
             }
         }
         Ok(out)
@@ -467,7 +529,15 @@ fn apply_study(study: &mut RawStudy, part: &str, t: Table) -> Result<(), String>
     Ok(())
 }
 
-type Expanded = (SweepMeta, Vec<Study>, Vec<RunSpec>, Option<SpeedConfig>, SlurmConfig);
+/// One profile of a file, expanded and validated.
+struct Expanded {
+    meta: SweepMeta,
+    studies: Vec<Study>,
+    runs: Vec<RunSpec>,
+    speed: Option<SpeedConfig>,
+    msrnn: Option<MsrnnConfig>,
+    slurm: SlurmConfig,
+}
 
 /// Every run of `profile`, validated, shared configurations merged.
 fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expanded, String> {
@@ -479,6 +549,7 @@ fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expan
         }
     }
     let speed = raw.speed.clone().map(|t| SpeedConfig::from_table(t, &raw.base)).transpose()?;
+    let msrnn = raw.msrnn.clone().map(|t| MsrnnConfig::from_table(t, &raw.base)).transpose()?;
     let slurm = SlurmConfig::from_table(raw.slurm.clone(), "slurm")?;
     let mut runs: Vec<RunSpec> = Vec::new();
     let mut studies = Vec::new();
@@ -486,7 +557,10 @@ fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expan
     // then left out rather than refused.
     let grid_overridden = overrides.iter().any(|o| o.values.len() > 1);
     for s in &raw.studies {
-        let (study, members) = expand_study(s, &raw.base, &raw.meta.seeds, grid_overridden)?;
+        // a profile or a command line may move the grid off the paper table's columns: the table is
+        // then left out (a typo in it still fails, since the file's own profile is always expanded)
+        let lenient_table = grid_overridden || profile != BASE_PROFILE;
+        let (study, members) = expand_study(s, &raw.base, &raw.meta.seeds, grid_overridden, lenient_table)?;
         for (config, plan, membership) in members {
             let run_id = run_id(&config);
             match runs.iter_mut().find(|r| r.run_id == run_id) {
@@ -496,7 +570,7 @@ fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expan
         }
         studies.push(study);
     }
-    Ok((raw.meta, studies, runs, speed, slurm))
+    Ok(Expanded { meta: raw.meta, studies, runs, speed, msrnn, slurm })
 }
 
 /// Axes a study may plot that are measured rather than configured: the parameter count, and the
@@ -504,7 +578,7 @@ fn expand(raw: &RawSweep, profile: &str, overrides: &[Override]) -> Result<Expan
 pub const DERIVED_X: [&str; 2] = ["params", "eval_length"];
 
 /// One study's runs as (configuration, plan, membership).
-fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64], lenient_claims: bool) -> Result<(Study, Vec<(RunConfig, LayerPlan, Membership)>), String> {
+fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64], lenient_claims: bool, lenient_table: bool) -> Result<(Study, Vec<(RunConfig, LayerPlan, Membership)>), String> {
     let at = |m: String| format!("study `{}`: {m}", s.name);
     let grid = axes(&s.grid, "grid").map_err(at)?;
     let zip = zip_axis(&s.zip).map_err(at)?;
@@ -552,15 +626,27 @@ fn expand_study(s: &RawStudy, base: &Table, seeds: &[u64], lenient_claims: bool)
     }
     let claims = s.claim.iter().enumerate().map(|(i, c)| claim(c, &members).map_err(|m| at(format!("claim {}: {m}", i + 1))));
     let claims = if lenient_claims { claims.filter_map(Result::ok).collect() } else { claims.collect::<Result<Vec<_>, _>>()? };
+    let variant_names: Vec<String> = variants.iter().map(|v| v.name.clone()).collect();
+    let mut candidates = axes(&s.grid, "grid")?;
+    candidates.extend(axes(&s.zip, "zip")?);
+    let paper_table = match &s.paper_table {
+        Some(t) => match t.validate(&variant_names, &candidates) {
+            Ok(()) => Some(t.clone()),
+            Err(_) if lenient_table => None,
+            Err(m) => return Err(at(m)),
+        },
+        None => None,
+    };
     let study = Study {
         claims,
+        paper_table,
         name: s.name.clone(),
         description: s.description.clone(),
         paper: s.paper.clone(),
         x: s.plot_x.clone().or_else(|| keys.first().cloned()),
         baselines: s.baselines.clone(),
         keys,
-        variants: variants.into_iter().map(|v| v.name).collect(),
+        variants: variant_names,
     };
     Ok((study, members))
 }

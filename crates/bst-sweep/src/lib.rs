@@ -13,6 +13,7 @@ pub mod error; // SweepError: what a sweep can fail on (Interrupted is a variant
 pub mod estimate; // --dry-run time estimates from throughput measured on random tokens
 pub mod grid; // sweep TOML: [sweep], [base], [[study]] (grid, zip, exclude, variants), [speed], [profiles.*] -> validated RunSpecs
 pub mod lock; // one launch per results folder (an OS file lock released when the process ends)
+pub mod msrnn; // [msrnn]: trained runs as multi-state RNNs: bounded KV caches vs state bounded by construction
 pub mod plot; // PNG + SVG charts: lines with sd bands, dots with error bars, baseline bands, log-log
 pub mod progress; // bars on a terminal, plain lines with ETAs in logs
 pub mod provenance; // git commit, device and date of a result
@@ -129,7 +130,7 @@ pub(crate) fn select<'a>(sweep: &'a Sweep, only: &[String]) -> Result<Vec<&'a Ru
         return Ok(sweep.runs.iter().collect());
     }
     let matches = |r: &RunSpec, pat: &str| r.run_id.starts_with(pat) || r.memberships.iter().any(|m| m.study == pat || m.variant == pat);
-    for pat in only.iter().filter(|p| p.as_str() != "speed") {
+    for pat in only.iter().filter(|p| !["speed", "msrnn"].contains(&p.as_str())) {
         if !sweep.runs.iter().any(|r| matches(r, pat)) {
             return Err(SweepError::NoSuchRun { what: format!("--only {pat}"), studies: sweep.studies.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ") });
         }
@@ -190,6 +191,9 @@ pub fn run_sweep(opts: &SweepOptions) -> Result<SweepOutcome> {
         speed_study(&sweep, &results_dir, device, opts.only.iter().any(|o| o == "speed"), &progress)?;
     }
     let trained = if opts.jobs > 1 { train_in_children(&sweep, &selected, opts, &results_dir, &progress)? } else { train_here(&selected, opts, &results_dir, device, &mut data, &progress)? };
+    if let (Some(cfg), None) = (&sweep.msrnn, &trained.interrupted) {
+        msrnn::run(&sweep, cfg, &results_dir, device, &mut data, &|line| progress.log(&line))?;
+    }
     progress.finish();
     let data_text = report::data_summary(&data.all(), &data.all_lra());
     let published = publish::publish(&sweep, &results_dir, &data_text, &opts.command)?;

@@ -157,6 +157,13 @@ fn ranges(chart: &Chart) -> Result<(f64, f64, f64, f64), String> {
     })
 }
 
+/// The 1, 2, 5 x 10^n inside `[x0, x1]`: the ticks of a log axis. (plotters' own log ticks start
+/// at the first power of ten, so a range such as 25-300 would get only 100 and 200.)
+fn one_two_five_points(x0: f64, x1: f64) -> Vec<f64> {
+    let (lo, hi) = (x0.log10().floor() as i32, x1.log10().ceil() as i32);
+    (lo..=hi).flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e))).filter(|x| (x0..=x1).contains(x)).collect()
+}
+
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String>
 where
     DB::ErrorType: 'static,
@@ -166,7 +173,7 @@ where
     builder.caption(&chart.title, ("sans-serif", 22)).margin(18).x_label_area_size(52).y_label_area_size(76);
     match (&chart.x, chart.log_y) {
         (XAxis::Log, true) => {
-            let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()).map_err(failed)?;
+            let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale().with_key_points(one_two_five_points(x0, x1)), (y0..y1).log_scale()).map_err(failed)?;
             ctx.configure_mesh()
                 .x_desc(&chart.x_desc)
                 .y_desc(&chart.y_desc)
@@ -181,7 +188,7 @@ where
             legend(&mut ctx, SeriesLabelPosition::UpperLeft)
         }
         (XAxis::Log, false) => {
-            let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(failed)?;
+            let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale().with_key_points(one_two_five_points(x0, x1)), y0..y1).map_err(failed)?;
             ctx.configure_mesh()
                 .x_desc(&chart.x_desc)
                 .y_desc(&chart.y_desc)
@@ -373,6 +380,7 @@ mod tests {
     fn log_ticks_are_labelled_at_one_two_five_only() {
         let labelled: Vec<f64> = [1000.0, 2000.0, 3000.0, 5000.0, 8000.0, 9000.0, 10000.0, 20000.0].into_iter().filter(|x| one_two_five(*x)).collect();
         assert_eq!(labelled, [1000.0, 2000.0, 5000.0, 10000.0, 20000.0]);
+        assert_eq!(one_two_five_points(25.0, 300.0), [50.0, 100.0, 200.0], "below the first power of ten too");
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub fn publish(sweep: &Sweep, results_dir: &Path, data_text: &str, command: &str
         out.files.extend(files);
         sections.push(text);
     }
+    if let Some(rows) = crate::msrnn::read(results_dir)? {
+        let (files, text) = crate::msrnn::outputs(&rows, results_dir, &sweep.meta.name)?;
+        out.files.extend(files);
+        sections.push(text);
+    }
     let records: Vec<&RunRecord> = sweep.runs.iter().filter_map(|s| outcomes.get(&s.run_id).and_then(Outcome::record)).collect();
     let failures: Vec<&RunFailure> = sweep
         .runs

@@ -388,6 +388,69 @@ fn judge(better: &Summary, worse: &Summary, cmp: Option<Comparison>, lower_is_be
 }
 
 /// The study's claims with their verdicts, as markdown lines.
+/// The paper's table beside ours (`[study.paper_table]`): per column the paper's number and our
+/// test perplexity per token (mean ± sd over seeds), each with its rank in the column (1 = lowest),
+/// and per column Spearman's rank correlation of the two orderings. Absolute values differ (other
+/// data, tokenizer and scale); the orderings are what can be compared.
+fn paper_table_section(study: &Study, cells: &[Cell]) -> String {
+    let Some(t) = &study.paper_table else { return String::new() };
+    let ours = |variant: &str, column: &str| cells.iter().find(|c| c.variant == variant && c.value(&t.key) == Some(column)).and_then(|c| c.summary(Metric::TestPpl));
+    let rows: Vec<&String> = study.variants.iter().filter(|v| t.values.contains_key(*v)).collect();
+    // per column: (paper, ours) ranks of the rows that have both numbers
+    let mut ranks: Vec<Vec<(String, usize, usize)>> = Vec::new();
+    for (i, column) in t.columns.iter().enumerate() {
+        let both: Vec<(&String, f64, f64)> = rows.iter().filter_map(|v| ours(v, column).map(|o| (*v, t.values[*v][i], o.mean))).collect();
+        let paper = ranks_of(&both.iter().map(|b| b.1).collect::<Vec<_>>());
+        let us = ranks_of(&both.iter().map(|b| b.2).collect::<Vec<_>>());
+        ranks.push(both.iter().zip(paper.into_iter().zip(us)).map(|(b, (p, o))| (b.0.clone(), p, o)).collect());
+    }
+    let mut head = vec!["row".to_string()];
+    for (label, column) in t.labels.iter().zip(&t.columns) {
+        head.push(format!("{label}: paper"));
+        head.push(format!("{column}: ours"));
+    }
+    let mut out = format!(
+        "**The paper's table beside ours.** Paper: {} ([{}] unless marked). Ours: test perplexity per token of this lab's tokenizer, mean ± sd over seeds. Absolute values are not comparable (other corpora, tokenizer and a model thousands of times smaller); the rank of each number in its column (1 = lowest) is, and Spearman's rho below says how far the orderings agree.\n\n| {} |\n|{}\n",
+        t.metric,
+        t.tag,
+        head.join(" | "),
+        "---|".repeat(head.len())
+    );
+    for v in &rows {
+        let mut cells_out = vec![v.to_string()];
+        for (i, column) in t.columns.iter().enumerate() {
+            let r = ranks[i].iter().find(|(name, _, _)| name == *v);
+            let tag = t.tags.get(*v).map_or(String::new(), |g| format!(" [{g}]"));
+            cells_out.push(format!("{:.2}{tag}{}", t.values[*v][i], r.map_or(String::new(), |r| format!(" ({})", r.1))));
+            cells_out.push(ours(v, column).map_or_else(|| "not run yet".into(), |s| format!("{} ({})", s.display(2), r.map_or(0, |r| r.2))));
+        }
+        let _ = writeln!(out, "| {} |", cells_out.join(" | "));
+    }
+    let rhos: Vec<String> = t
+        .labels
+        .iter()
+        .zip(&ranks)
+        .map(|(label, r)| {
+            let (paper, us): (Vec<usize>, Vec<usize>) = r.iter().map(|(_, p, o)| (*p, *o)).unzip();
+            if r.len() < 3 { format!("{label}: too few rows run") } else { format!("{label}: rho = {:.2} (n = {})", spearman(&paper, &us), r.len()) }
+        })
+        .collect();
+    let _ = writeln!(out, "\nOrdering agreement (Spearman's rho between the paper's ranks and ours; 1 = the same order, 0 = unrelated, ties ranked low): {}.\n", rhos.join("; "));
+    out
+}
+
+/// 1-based ranks, lowest first; tied values share the lowest rank of the tie.
+fn ranks_of(values: &[f64]) -> Vec<usize> {
+    values.iter().map(|&x| 1 + values.iter().filter(|&&y| y < x).count()).collect()
+}
+
+/// Spearman's rank correlation `1 - 6 sum d^2 / (n (n^2 - 1))` of two rankings of the same rows.
+fn spearman(a: &[usize], b: &[usize]) -> f64 {
+    let n = a.len() as f64;
+    let d2: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+}
+
 fn claims_section(study: &Study, cells: &[Cell], metric: Metric) -> String {
     let mut out = String::new();
     if study.claims.is_empty() {
@@ -442,6 +505,9 @@ pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) 
         let _ = writeln!(out, "| {} |", row.join(" | "));
     }
     out.push('\n');
+    if metric == Metric::TestBpb {
+        out.push_str(&paper_table_section(study, cells));
+    }
     out.push_str(&claims_section(study, cells, metric));
     let cmps = comparisons(study, cells, metric);
     if !cmps.is_empty() {
@@ -473,6 +539,14 @@ mod tests {
         assert_eq!(j(&high, &low, false), Verdict::Reproduced, "higher is better for accuracy");
         assert_eq!(j(&low, &overlapping, true), Verdict::NotResolvable);
         assert_eq!(j(&s(&[1.0]), &high, true), Verdict::NotResolvable, "one seed judges nothing");
+    }
+
+    #[test]
+    fn orderings_are_ranked_lowest_first_and_compared_by_spearman() {
+        assert_eq!(ranks_of(&[11.57, 12.12, 10.52, 11.57]), vec![2, 4, 1, 2]);
+        assert!((spearman(&[1, 2, 3, 4], &[1, 2, 3, 4]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1, 2, 3, 4], &[4, 3, 2, 1]) + 1.0).abs() < 1e-12);
+        assert!((spearman(&[1, 2, 3], &[2, 1, 3]) - 0.5).abs() < 1e-12);
     }
 
     #[test]

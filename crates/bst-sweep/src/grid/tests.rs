@@ -305,3 +305,17 @@ fn a_claim_naming_no_single_configuration_is_refused_with_the_choices() {
     let e = load(&typo, None, &[]).unwrap_err().to_string();
     assert!(e.contains("beter"), "{e}");
 }
+
+#[test]
+fn a_paper_table_must_name_the_studys_variants_and_values() {
+    let table = "[study.paper_table]\nkey = \"model.ssm_layers\"\ncolumns = [\"[0]\", \"[1]\"]\nlabels = [\"low\", \"mid\"]\nmetric = \"perplexity\"\ntag = \"R\"\n[study.paper_table.values]\nBST = [11.5, 11.4]\n";
+    let with = |t: &str| CLAIMS.replacen("[[study.variant]]\nname = \"BST\"", &format!("{t}[[study.variant]]\nname = \"BST\""), 1);
+    let s = load(&with(table), None, &[]).unwrap();
+    let t = s.study("placement").unwrap().paper_table.as_ref().expect("the table is kept");
+    assert_eq!(t.values["BST"], vec![11.5, 11.4]);
+    let e = |t: String| load(&with(&t), None, &[]).unwrap_err().to_string();
+    assert!(e(table.replace("BST = ", "BTS = ")).contains("paper_table.values.\"BTS\": no such variant (variants: BST, SLIDE)"));
+    assert!(e(table.replace("\"[1]\"]", "\"[2]\"]")).contains("paper_table.columns: `[2]` is not a value of model.ssm_layers"));
+    assert!(e(table.replace("[11.5, 11.4]", "[11.5]")).contains("1 values for 2 columns"));
+    assert!(e(table.replace("key = \"model.ssm_layers\"", "key = \"attn.window\"")).contains("not a varying key"));
+}
