@@ -730,6 +730,15 @@ fn variants(list: &[Table]) -> Result<Vec<RawVariant>, String> {
     Ok(out)
 }
 
+/// Deserialises a table of the file; an error names the full dotted key under `at` (`speed`,
+/// `profiles.gpu.slurm`, `base`).
+pub(crate) fn deserialize_at<T: serde::de::DeserializeOwned>(table: Table, at: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." { format!("{at}: {}", e.into_inner()) } else { format!("{at}.{path}: {}", e.into_inner()) }
+    })
+}
+
 /// Deserialises a run's table into a RunConfig and validates it; errors name the dotted key.
 fn resolve(table: Table) -> Result<(RunConfig, LayerPlan), String> {
     let config: RunConfig = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {

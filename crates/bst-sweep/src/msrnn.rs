@@ -20,7 +20,9 @@ use bst_model::{checkpoint, LanguageModel, RunConfig};
 use bst_msrnn::{LabTransformer, Policy};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
-use toml::{Table, Value};
+use toml::Table;
+
+use crate::grid::deserialize_at;
 
 use crate::error::write_atomically;
 use crate::plot::{self, Band, Chart, Series, Style, XAxis};
@@ -59,14 +61,8 @@ impl Default for MsrnnConfig {
 impl MsrnnConfig {
     /// Reads `[msrnn]`, resolves its defaults against the sweep's `[base]` and checks every value.
     pub fn from_table(table: Table, base: &Table) -> Result<Self, String> {
-        let mut cfg: MsrnnConfig = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            format!("msrnn.{path}: {}", e.into_inner())
-        })?;
-        let run: RunConfig = serde_path_to_error::deserialize(Value::Table(base.clone())).map_err(|e| {
-            let path = e.path().to_string();
-            format!("base.{path}: {}", e.into_inner())
-        })?;
+        let mut cfg: MsrnnConfig = deserialize_at(table, "msrnn")?;
+        let run: RunConfig = deserialize_at(base.clone(), "base")?;
         let seq_len = run.train.seq_len;
         if cfg.context == 0 {
             cfg.context = seq_len;

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
-use toml::{Table, Value};
+use toml::Table;
 
 use crate::error::{write_atomically, SweepError};
 use crate::{lock, run, Sweep, SweepOptions};
@@ -103,10 +103,7 @@ impl SlurmConfig {
     /// Reads and validates a `[slurm]` table; errors name the key under `at` (`slurm`,
     /// `profiles.gpu.slurm`).
     pub fn from_table(table: Table, at: &str) -> Result<Self, String> {
-        let cfg: SlurmConfig = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." { format!("{at}: {}", e.into_inner()) } else { format!("{at}.{path}: {}", e.into_inner()) }
-        })?;
+        let cfg: SlurmConfig = crate::grid::deserialize_at(table, at)?;
         cfg.validate().map_err(|e| format!("{at}.{e}"))?;
         Ok(cfg)
     }

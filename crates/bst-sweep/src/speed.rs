@@ -12,7 +12,9 @@ use bst_model::speed::{build_mixer, loglog_slope, Timing};
 use bst_model::{Architecture, Autocast, LayerKind, Precision, RunConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
-use toml::{Table, Value};
+use toml::Table;
+
+use crate::grid::deserialize_at;
 
 use crate::stats::Summary;
 
@@ -63,14 +65,8 @@ impl Default for SpeedConfig {
 impl SpeedConfig {
     /// Reads `[speed]` and takes the layer's widths from the sweep's `[base]`.
     pub fn from_table(table: Table, base: &Table) -> Result<Self, String> {
-        let mut cfg: SpeedConfig = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            format!("speed.{path}: {}", e.into_inner())
-        })?;
-        let run: RunConfig = serde_path_to_error::deserialize(Value::Table(base.clone())).map_err(|e| {
-            let path = e.path().to_string();
-            format!("base.{path}: {}", e.into_inner())
-        })?;
+        let mut cfg: SpeedConfig = deserialize_at(table, "speed")?;
+        let run: RunConfig = deserialize_at(base.clone(), "base")?;
         let layer = run.layer_config();
         layer.dims.validate().map_err(|e| e.to_string())?;
         for (key, v) in [("speed.batch", cfg.batch), ("speed.repeats", cfg.repeats)] {
