@@ -28,7 +28,7 @@ use crate::error::write_atomically;
 use crate::plot::{self, Band, Chart, Series, Style, XAxis};
 use plotters::style::RGBColor;
 use crate::run::{self, LoadedData, Outcome};
-use crate::stats::Summary;
+use crate::stats::{Comparison, Summary, ALPHA};
 use crate::{Sweep, SweepError};
 
 /// The `[msrnn]` table.
@@ -289,23 +289,37 @@ fn section(rows: &[MsrnnRow], groups: &Grouped) -> String {
         let k = if *k == 0 { "-".to_string() } else { k.to_string() };
         let _ = writeln!(out, "| {model} | {policy} | {k} | {:.1} | {:.3} ± {:.3} | {} |", *bytes as f64 / 1024.0, s.mean, s.sd, s.n);
     }
-    out.push_str(&policy_orderings(groups));
+    out.push_str(&policy_orderings(rows, groups));
     out.push_str(&comparisons(groups));
     out
 }
 
-/// Per (full-attention model, budget), the policies from lowest to highest perplexity: the
-/// paper's ordering is TOVA <= H2O <= Window+4 << Window.
-fn policy_orderings(groups: &Grouped) -> String {
+/// Per (full-attention model, budget), the policies from lowest to highest perplexity (the
+/// paper's ordering is TOVA <= H2O <= Window+4 << Window), and the lowest against each other
+/// policy in a t-test paired over seeds (every policy decodes the same runs).
+fn policy_orderings(rows: &[MsrnnRow], groups: &Grouped) -> String {
     let mut by_budget: BTreeMap<(String, usize), Vec<(String, f64)>> = BTreeMap::new();
     for ((model, policy, k), (_, s)) in groups.iter().filter(|((_, p, _), _)| p != BY_CONSTRUCTION && p != "full") {
         by_budget.entry((model.clone(), *k)).or_default().push((policy.clone(), s.mean));
     }
-    let mut out = String::from("\nPolicies from lowest to highest perplexity (means over seeds; the paper's order is tova, h2o, window+4, then window far behind):\n");
+    let per_seed = |model: &str, policy: &str, k: usize| -> BTreeMap<u64, f64> { rows.iter().filter(|r| r.model == model && r.policy == policy && r.k == k).map(|r| (r.seed, r.perplexity)).collect() };
+    let mut out = format!("\nPolicies from lowest to highest perplexity (means over seeds; the paper's order is tova, h2o, window+4, then window far behind), and the lowest against each other one (t-test paired over seeds, p < {ALPHA}):\n");
     for ((model, k), mut policies) in by_budget {
         policies.sort_by(|a, b| a.1.total_cmp(&b.1));
         let order: Vec<String> = policies.iter().map(|(p, m)| format!("{p} {m:.3}")).collect();
-        let _ = writeln!(out, "- {model}, k = {k}: {}", order.join(" < "));
+        let best = per_seed(&model, &policies[0].0, k);
+        let tests: Vec<String> = policies[1..]
+            .iter()
+            .map(|(p, _)| {
+                let other = per_seed(&model, p, k);
+                let pairs: Vec<(f64, f64)> = best.iter().filter_map(|(seed, a)| other.get(seed).map(|b| (*a, *b))).collect();
+                match Comparison::paired(&pairs) {
+                    Some(c) => format!("vs {p}: {} (t = {:.2}, p = {:.3})", if c.significant() { "beyond the spread" } else { "within the spread" }, c.t, c.p),
+                    None => format!("vs {p}: too few seeds to test"),
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "- {model}, k = {k}: {}; {}", order.join(" < "), tests.join("; "));
     }
     out
 }
@@ -318,15 +332,11 @@ fn comparisons(groups: &Grouped) -> String {
         let best = groups.iter().filter(|((_, p, _), (b, _))| p != BY_CONSTRUCTION && p != "full" && b <= bytes).min_by(|a, b| a.1 .1.mean.total_cmp(&b.1 .1.mean));
         let line = match best {
             Some(((m, p, k), (b, t))) => {
-                let gap = s.mean - t.mean;
-                let verdict = if s.n < 2 || t.n < 2 {
-                    "not separable from one seed"
-                } else if gap.abs() <= s.sd.max(t.sd) {
-                    "within the seed spread"
-                } else if gap < 0.0 {
-                    "better, beyond the seed spread"
-                } else {
-                    "worse, beyond the seed spread"
+                // different trained models: Welch's test over their seeds
+                let verdict = match Comparison::welch(s, t) {
+                    None => "not separable from one seed".to_string(),
+                    Some(c) if !c.significant() => format!("within the seed spread (Welch p = {:.3})", c.p),
+                    Some(c) => format!("{}, beyond the seed spread (Welch p = {:.3})", if s.mean < t.mean { "better" } else { "worse" }, c.p),
                 };
                 format!("- {model} ({:.1} KiB): {:.3} ± {:.3}; the best cache policy at no more state is {m} + {p} with k = {k} ({:.1} KiB): {:.3} ± {:.3}: {model} is {verdict}.\n", *bytes as f64 / 1024.0, s.mean, s.sd, *b as f64 / 1024.0, t.mean, t.sd)
             }
@@ -377,7 +387,7 @@ mod tests {
         let text = section(&rows, &grouped(&rows));
         assert!(text.contains("| SLIDE | by construction | - | 4.0 | 10.100 ± 0.141 | 2 |"), "{text}");
         assert!(text.contains("TRANSFORMER + tova with k = 32 (4.0 KiB): 12.050"), "the 8 KiB cache is more state than SLIDE's: {text}");
-        assert!(text.contains("SLIDE is better, beyond the seed spread"), "{text}");
-        assert!(text.contains("- TRANSFORMER, k = 32: tova 12.050 < window 14.000"), "{text}");
+        assert!(text.contains("SLIDE is better, beyond the seed spread (Welch p = "), "{text}");
+        assert!(text.contains("- TRANSFORMER, k = 32: tova 12.050 < window 14.000; vs window: too few seeds to test"), "{text}");
     }
 }
