@@ -29,7 +29,7 @@ use crate::plot::{self, Band, Chart, Series, Style, XAxis};
 use plotters::style::RGBColor;
 use crate::run::{self, LoadedData, Outcome};
 use crate::stats::{Comparison, Summary, ALPHA};
-use crate::{Sweep, SweepError};
+use crate::{RunSpec, Sweep, SweepError};
 
 /// The `[msrnn]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,40 +143,43 @@ pub fn run(sweep: &Sweep, cfg: &MsrnnConfig, results_dir: &Path, device: Device,
         if rows.iter().any(|r| r.run_id == spec.run_id) || spec.config.lra.is_some() {
             continue;
         }
-        let model = spec.memberships[0].variant.clone();
-        let stream_floats = spec.plan.stream_state_floats(&spec.config.layer_config());
-        let full_attention = LabTransformer::accepts(&spec.plan);
-        if stream_floats.is_none() && !full_attention {
+        let model = &spec.memberships[0].variant;
+        if spec.plan.stream_state_floats(&spec.config.layer_config()).is_none() && !LabTransformer::accepts(&spec.plan) {
             log(format!("[msrnn] {model} [{}]: skipped (its state is neither bounded by construction nor a KV cache: {})", spec.run_id, spec.plan.placement()));
             continue;
         }
         log(format!("[msrnn] {model} seed {} [{}]: scoring {} chunks of {} tokens", spec.config.seed, spec.run_id, cfg.chunks, cfg.context));
-        let loaded = data.get(&spec.config.data)?;
-        let dir = run::run_dir(results_dir, &spec.run_id);
-        let vs = nn::VarStore::new(device);
-        let lm = spec.config.build_model(&vs.root(), loaded.tokenizer.vocab_size())?;
-        checkpoint::load_weights(&dir.join("checkpoint").join("model.safetensors"), &vs)?;
-        let chunks = chunks_of(&loaded, cfg, &dir)?;
-        let row = |policy: String, k: usize, state_bytes: usize, logprobs: &Tensor| {
-            let scored = logprobs.narrow(1, cfg.score_from as i64 - 1, (cfg.context - cfg.score_from) as i64);
-            let nll = -scored.mean(Kind::Double).double_value(&[]);
-            MsrnnRow { run_id: spec.run_id.clone(), model: model.clone(), seed: spec.config.seed, policy, k, state_bytes, tokens: scored.numel(), nll, perplexity: nll.exp() }
-        };
-        if full_attention {
-            let lab = LabTransformer::from_vars(&vs, &spec.config).map_err(|e| SweepError::File { path: dir.clone(), reason: e.to_string() })?;
-            let settings = cfg.settings();
-            let decoded = bst_msrnn::study::decode_chunks(&lab, &chunks, &settings, cfg.chunks, |_, _, _, _| {}, &mut |_, _| {}).map_err(|e| SweepError::File { path: dir.clone(), reason: e.to_string() })?;
-            for ((policy, k), d) in settings.iter().zip(&decoded) {
-                rows.push(row(policy.to_string(), k.unwrap_or(0), d.cache_bytes_per_seq, &d.logprobs));
-            }
-        } else {
-            let logprobs = own_scores(&lm, &chunks, device);
-            rows.push(row(BY_CONSTRUCTION.into(), 0, stream_floats.expect("bounded") * 4, &logprobs));
-        }
+        rows.extend(score_run(spec, cfg, &run::run_dir(results_dir, &spec.run_id), device, data)?);
         write_csv(&csv, &rows)?; // after every run: an interruption loses at most the current one
     }
     write_csv(&csv, &rows)?;
     Ok(csv)
+}
+
+/// The rows of one trained run (in `dir`): every (policy, k) and the full cache for a
+/// full-attention run, one row for a model whose state is bounded by construction.
+fn score_run(spec: &RunSpec, cfg: &MsrnnConfig, dir: &Path, device: Device, data: &mut run::DataCache) -> Result<Vec<MsrnnRow>, SweepError> {
+    let loaded = data.get(&spec.config.data)?;
+    let vs = nn::VarStore::new(device);
+    let lm = spec.config.build_model(&vs.root(), loaded.tokenizer.vocab_size())?;
+    checkpoint::load_weights(&dir.join("checkpoint").join("model.safetensors"), &vs)?;
+    let chunks = chunks_of(&loaded, cfg, dir)?;
+    let row = |policy: String, k: usize, state_bytes: usize, logprobs: &Tensor| {
+        let scored = logprobs.narrow(1, cfg.score_from as i64 - 1, (cfg.context - cfg.score_from) as i64);
+        let nll = -scored.mean(Kind::Double).double_value(&[]);
+        let model = spec.memberships[0].variant.clone();
+        MsrnnRow { run_id: spec.run_id.clone(), model, seed: spec.config.seed, policy, k, state_bytes, tokens: scored.numel(), nll, perplexity: nll.exp() }
+    };
+    let failed = |e: bst_msrnn::MsrnnError| SweepError::File { path: dir.to_owned(), reason: e.to_string() };
+    match spec.plan.stream_state_floats(&spec.config.layer_config()) {
+        Some(floats) => Ok(vec![row(BY_CONSTRUCTION.into(), 0, floats * 4, &own_scores(&lm, &chunks, device))]),
+        None => {
+            let lab = LabTransformer::from_vars(&vs, &spec.config).map_err(failed)?;
+            let settings = cfg.settings();
+            let decoded = bst_msrnn::study::decode_chunks(&lab, &chunks, &settings, cfg.chunks, |_, _, _, _| {}, &mut |_, _| {}).map_err(failed)?;
+            Ok(settings.iter().zip(&decoded).map(|((policy, k), d)| row(policy.to_string(), k.unwrap_or(0), d.cache_bytes_per_seq, &d.logprobs)).collect())
+        }
+    }
 }
 
 /// `cfg.chunks` windows of `cfg.context` tokens spread evenly over the test split.
