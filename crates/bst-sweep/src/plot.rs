@@ -256,6 +256,17 @@ where
         .map_err(failed)
 }
 
+/// Horizontal offset of series `i`'s dot at category `x`: the dot series that share a category
+/// stand side by side across 0.8 of its width instead of on top of each other (0 elsewhere).
+fn dodge(chart: &Chart, i: usize, x: f64) -> f64 {
+    if !matches!(chart.x, XAxis::Categories(_)) || chart.series[i].style != Style::Dots {
+        return 0.0;
+    }
+    let sharing: Vec<usize> = (0..chart.series.len()).filter(|&j| chart.series[j].style == Style::Dots && chart.series[j].points.iter().any(|p| p.0 == x)).collect();
+    let (m, slot) = (sharing.len() as f64, sharing.iter().position(|&j| j == i).unwrap_or(0) as f64);
+    (slot - (m - 1.0) / 2.0) * 0.8 / m
+}
+
 fn draw_series<'a, DB: DrawingBackend + 'a, X, Y>(ctx: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, chart: &Chart, (x0, x1): (f64, f64)) -> Result<(), String>
 where
     DB::ErrorType: 'static,
@@ -270,9 +281,9 @@ where
             .label(format!("{} (baseline, ± sd)", b.label))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
     }
-    for s in &chart.series {
+    for (i, s) in chart.series.iter().enumerate() {
         let color = s.color;
-        let mut pts = s.points.clone();
+        let mut pts: Vec<(f64, f64, f64)> = s.points.iter().map(|&(x, m, sd)| (x + dodge(chart, i, x), m, sd)).collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         match s.style {
             Style::Line => {
@@ -374,6 +385,24 @@ mod tests {
 
     fn svg_texts(svg: &str) -> Vec<String> {
         svg.split("</text>").filter_map(|t| t.rsplit_once('>')).map(|(_, text)| text.trim().to_string()).collect()
+    }
+
+    #[test]
+    fn dots_sharing_a_category_stand_side_by_side() {
+        let dots = |label: &str, xs: &[f64]| Series { label: label.into(), color: arch_color(label), points: xs.iter().map(|&x| (x, 1.0, 0.1)).collect(), style: Style::Dots };
+        let chart = Chart {
+            title: String::new(),
+            x_desc: String::new(),
+            y_desc: String::new(),
+            x: XAxis::Categories(vec!["a".into(), "b".into()]),
+            log_y: false,
+            series: vec![dots("A", &[0.0, 1.0]), dots("B", &[0.0]), dots("C", &[1.0])],
+            bands: Vec::new(),
+        };
+        assert_eq!((dodge(&chart, 0, 0.0), dodge(&chart, 1, 0.0)), (-0.2, 0.2), "two series at category 0");
+        assert_eq!((dodge(&chart, 0, 1.0), dodge(&chart, 2, 1.0)), (-0.2, 0.2));
+        let alone = Chart { series: vec![dots("A", &[0.0]), dots("B", &[1.0])], ..chart };
+        assert_eq!(dodge(&alone, 1, 1.0), 0.0, "a series alone at its category stays on the tick");
     }
 
     #[test]

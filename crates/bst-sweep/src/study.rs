@@ -410,7 +410,7 @@ fn paper_table_section(study: &Study, cells: &[Cell]) -> String {
         head.push(format!("{column}: ours"));
     }
     let mut out = format!(
-        "**The paper's table beside ours.** Paper: {} ([{}] unless marked). Ours: test perplexity per token of this lab's tokenizer, mean ± sd over seeds. Absolute values are not comparable (other corpora, tokenizer and a model thousands of times smaller); the rank of each number in its column (1 = lowest) is, and Spearman's rho below says how far the orderings agree.\n\n| {} |\n|{}\n",
+        "**The paper's table beside ours.** Paper: {} ([{}] unless marked). Ours: test perplexity per token of this lab's tokenizer, mean ± sd over seeds (n as in the table above). In brackets: the rank in the column. Absolute values are not comparable (other corpora, tokenizer and a model thousands of times smaller); the rank of each number in its column (1 = lowest) is, and Spearman's rho below says how far the orderings agree.\n\n| {} |\n|{}\n",
         t.metric,
         t.tag,
         head.join(" | "),
@@ -422,7 +422,7 @@ fn paper_table_section(study: &Study, cells: &[Cell]) -> String {
             let r = ranks[i].iter().find(|(name, _, _)| name == *v);
             let tag = t.tags.get(*v).map_or(String::new(), |g| format!(" [{g}]"));
             cells_out.push(format!("{:.2}{tag}{}", t.values[*v][i], r.map_or(String::new(), |r| format!(" ({})", r.1))));
-            cells_out.push(ours(v, column).map_or_else(|| "not run yet".into(), |s| format!("{} ({})", s.display(2), r.map_or(0, |r| r.2))));
+            cells_out.push(ours(v, column).map_or_else(|| "not run yet".into(), |s| format!("{:.1} ± {:.1} ({})", s.mean, s.sd, r.map_or(0, |r| r.2))));
         }
         let _ = writeln!(out, "| {} |", cells_out.join(" | "));
     }
