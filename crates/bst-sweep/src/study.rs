@@ -388,20 +388,30 @@ fn judge(better: &Summary, worse: &Summary, cmp: Option<Comparison>, lower_is_be
 }
 
 /// The study's claims with their verdicts, as markdown lines.
-/// The paper's table beside ours (`[study.paper_table]`): per column the paper's number and our
-/// test perplexity per token (mean ± sd over seeds), each with its rank in the column (1 = lowest),
-/// and per column Spearman's rank correlation of the two orderings. Absolute values differ (other
-/// data, tokenizer and scale); the orderings are what can be compared.
-fn paper_table_section(study: &Study, cells: &[Cell]) -> String {
+/// The paper's table beside ours (`[study.paper_table]`): per column the paper's number and ours
+/// (mean ± sd over seeds), each with its rank in the column (1 = best), and per column Spearman's
+/// rank correlation of the two orderings. Language-model tables compare test perplexity per token
+/// (what the paper reports; the study's `metric` is bits per byte), accuracy tables accuracy in %.
+/// Absolute values differ (other data, tokenizer and scale); the orderings are what can be compared.
+fn paper_table_section(study: &Study, cells: &[Cell], metric: Metric) -> String {
     let Some(t) = &study.paper_table else { return String::new() };
-    let ours = |variant: &str, column: &str| cells.iter().find(|c| c.variant == variant && c.value(&t.key) == Some(column)).and_then(|c| c.summary(Metric::TestPpl));
+    let (ours_metric, scale, what) = match metric {
+        Metric::AnswerAccuracy => (metric, 100.0, "test accuracy in %"),
+        _ => (Metric::TestPpl, 1.0, "test perplexity per token of this lab's tokenizer"),
+    };
+    let ours = |variant: &str, column: &str| {
+        let cell = cells.iter().find(|c| c.variant == variant && c.value(&t.key) == Some(column))?;
+        cell.summary(ours_metric).map(|s| Summary { mean: s.mean * scale, sd: s.sd * scale, ..s })
+    };
+    // rank 1 = best: negate higher-is-better values so that the lowest ranks first
+    let sign = if metric.lower_is_better() { 1.0 } else { -1.0 };
     let rows: Vec<&String> = study.variants.iter().filter(|v| t.values.contains_key(*v)).collect();
     // per column: (paper, ours) ranks of the rows that have both numbers
     let mut ranks: Vec<Vec<(String, usize, usize)>> = Vec::new();
     for (i, column) in t.columns.iter().enumerate() {
         let both: Vec<(&String, f64, f64)> = rows.iter().filter_map(|v| ours(v, column).map(|o| (*v, t.values[*v][i], o.mean))).collect();
-        let paper = ranks_of(&both.iter().map(|b| b.1).collect::<Vec<_>>());
-        let us = ranks_of(&both.iter().map(|b| b.2).collect::<Vec<_>>());
+        let paper = ranks_of(&both.iter().map(|b| sign * b.1).collect::<Vec<_>>());
+        let us = ranks_of(&both.iter().map(|b| sign * b.2).collect::<Vec<_>>());
         ranks.push(both.iter().zip(paper.into_iter().zip(us)).map(|(b, (p, o))| (b.0.clone(), p, o)).collect());
     }
     let mut head = vec!["row".to_string()];
@@ -410,7 +420,7 @@ fn paper_table_section(study: &Study, cells: &[Cell]) -> String {
         head.push(format!("{column}: ours"));
     }
     let mut out = format!(
-        "**The paper's table beside ours.** Paper: {} ([{}] unless marked). Ours: test perplexity per token of this lab's tokenizer, mean ± sd over seeds (n as in the table above). In brackets: the rank in the column. Absolute values are not comparable (other corpora, tokenizer and a model thousands of times smaller); the rank of each number in its column (1 = lowest) is, and Spearman's rho below says how far the orderings agree.\n\n| {} |\n|{}\n",
+        "**The paper's table beside ours.** Paper: {} ([{}] unless marked). Ours: {what}, mean ± sd over seeds (n as in the table above). In brackets: the rank in the column. Absolute values are not comparable (other data and a model thousands of times smaller, trained far shorter); the rank of each number in its column (1 = best) is, and Spearman's rho below says how far the orderings agree.\n\n| {} |\n|{}\n",
         t.metric,
         t.tag,
         head.join(" | "),
@@ -435,11 +445,11 @@ fn paper_table_section(study: &Study, cells: &[Cell]) -> String {
             if r.len() < 3 { format!("{label}: too few rows run") } else { format!("{label}: rho = {:.2} (n = {})", spearman(&paper, &us), r.len()) }
         })
         .collect();
-    let _ = writeln!(out, "\nOrdering agreement (Spearman's rho between the paper's ranks and ours; 1 = the same order, 0 = unrelated, ties ranked low): {}.\n", rhos.join("; "));
+    let _ = writeln!(out, "\nOrdering agreement (Spearman's rho between the paper's ranks and ours; 1 = the same order, 0 = unrelated; tied values share the better rank): {}.\n", rhos.join("; "));
     out
 }
 
-/// 1-based ranks, lowest first; tied values share the lowest rank of the tie.
+/// 1-based ranks, lowest value first; tied values share the lowest rank of the tie.
 fn ranks_of(values: &[f64]) -> Vec<usize> {
     values.iter().map(|&x| 1 + values.iter().filter(|&&y| y < x).count()).collect()
 }
@@ -505,8 +515,8 @@ pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) 
         let _ = writeln!(out, "| {} |", row.join(" | "));
     }
     out.push('\n');
-    if metric == Metric::TestBpb {
-        out.push_str(&paper_table_section(study, cells));
+    if matches!(metric, Metric::TestBpb | Metric::AnswerAccuracy) {
+        out.push_str(&paper_table_section(study, cells, metric));
     }
     out.push_str(&claims_section(study, cells, metric));
     let cmps = comparisons(study, cells, metric);
