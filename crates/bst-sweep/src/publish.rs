@@ -57,7 +57,9 @@ pub fn publish(sweep: &Sweep, results_dir: &Path, data_text: &str, command: &str
         });
         for metric in Metric::ALL.into_iter().filter(|m| cells.iter().any(|c| c.summary(*m).is_some())) {
             let mut plots = Vec::new();
-            if let Some(chart) = study::chart(s, &cells, metric, &format!("{}: ", sweep.meta.name)) {
+            // a study named like its sweep (table1 in table1.toml) is not named twice
+            let prefix = if s.name == sweep.meta.name { String::new() } else { format!("{}: ", sweep.meta.name) };
+            if let Some(chart) = study::chart(s, &cells, metric, &prefix) {
                 let stem = format!("study_{}_{}", file_safe(&s.name), metric.file_suffix());
                 out.files.extend(plot::render(&[chart], &results_dir.join(&stem))?);
                 plots.push(format!("{stem}.png"));
