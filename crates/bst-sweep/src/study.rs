@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use bst_model::EvalMetrics;
 
-use crate::grid::{axis_key, display_value, Claim, Selector, Study, Sweep};
+use crate::grid::{axis_key, display_value, Claim, PaperTable, Selector, Study, Sweep};
 use crate::plot::{Band, Chart, Palette, Series, Style, XAxis};
 use crate::run::{Outcome, RunRecord};
 use crate::stats::{Comparison, Summary, ALPHA};
@@ -395,17 +395,20 @@ fn judge(better: &Summary, worse: &Summary, cmp: Option<Comparison>, lower_is_be
 /// Absolute values differ (other data, tokenizer and scale); the orderings are what can be compared.
 fn paper_table_section(study: &Study, cells: &[Cell], metric: Metric) -> String {
     let Some(t) = &study.paper_table else { return String::new() };
-    let (ours_metric, scale, what) = match metric {
-        Metric::AnswerAccuracy => (metric, 100.0, "test accuracy in %"),
-        _ => (Metric::TestPpl, 1.0, "test perplexity per token of this lab's tokenizer"),
-    };
+    let (ours_metric, scale) = if metric == Metric::AnswerAccuracy { (metric, 100.0) } else { (Metric::TestPpl, 1.0) };
     let ours = |variant: &str, column: &str| {
         let cell = cells.iter().find(|c| c.variant == variant && c.value(&t.key) == Some(column))?;
         cell.summary(ours_metric).map(|s| Summary { mean: s.mean * scale, sd: s.sd * scale, ..s })
     };
+    paper_table_markdown(t, &study.variants, metric, ours)
+}
+
+/// [`paper_table_section`] given our summary of each (variant, column).
+fn paper_table_markdown(t: &PaperTable, variants: &[String], metric: Metric, ours: impl Fn(&str, &str) -> Option<Summary>) -> String {
+    let what = if metric == Metric::AnswerAccuracy { "test accuracy in %" } else { "test perplexity per token of this lab's tokenizer" };
     // rank 1 = best: negate higher-is-better values so that the lowest ranks first
     let sign = if metric.lower_is_better() { 1.0 } else { -1.0 };
-    let rows: Vec<&String> = study.variants.iter().filter(|v| t.values.contains_key(*v)).collect();
+    let rows: Vec<&String> = variants.iter().filter(|v| t.values.contains_key(*v)).collect();
     // per column: (paper, ours) ranks of the rows that have both numbers
     let mut ranks: Vec<Vec<(String, usize, usize)>> = Vec::new();
     for (i, column) in t.columns.iter().enumerate() {
@@ -557,6 +560,31 @@ mod tests {
         assert!((spearman(&[1, 2, 3, 4], &[1, 2, 3, 4]) - 1.0).abs() < 1e-12);
         assert!((spearman(&[1, 2, 3, 4], &[4, 3, 2, 1]) + 1.0).abs() < 1e-12);
         assert!((spearman(&[1, 2, 3], &[2, 1, 3]) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn paper_tables_rank_the_best_first_in_either_direction() {
+        let table = |values: &[(&str, f64)]| PaperTable {
+            key: "lra.task".into(),
+            columns: vec!["text".into()],
+            labels: vec!["Text".into()],
+            metric: "accuracy".into(),
+            tag: "X".into(),
+            tags: Default::default(),
+            values: values.iter().map(|(v, x)| (v.to_string(), vec![*x])).collect(),
+        };
+        let variants: Vec<String> = ["A", "B", "C"].map(String::from).to_vec();
+        let paper = table(&[("A", 90.0), ("B", 60.0), ("C", 50.0)]);
+        let ours = |mean: [f64; 3]| move |v: &str, _: &str| Some(Summary { n: 2, mean: mean[(v.as_bytes()[0] - b'A') as usize], sd: 1.0 });
+        // accuracy: the highest ranks first, on both sides
+        let same = paper_table_markdown(&paper, &variants, Metric::AnswerAccuracy, ours([80.0, 55.0, 52.0]));
+        assert!(same.contains("| A | 90.00 (1) | 80.0 ± 1.0 (1) |") && same.contains("| C | 50.00 (3) | 52.0 ± 1.0 (3) |"), "{same}");
+        assert!(same.contains("rho = 1.00 (n = 3)") && same.contains("test accuracy in %"), "{same}");
+        let reversed = paper_table_markdown(&paper, &variants, Metric::AnswerAccuracy, ours([50.0, 55.0, 80.0]));
+        assert!(reversed.contains("rho = -1.00"), "{reversed}");
+        // perplexity: the lowest ranks first
+        let ppl = paper_table_markdown(&table(&[("A", 10.0), ("B", 12.0), ("C", 11.0)]), &variants, Metric::TestBpb, ours([20.0, 30.0, 25.0]));
+        assert!(ppl.contains("| A | 10.00 (1) | 20.0 ± 1.0 (1) |") && ppl.contains("rho = 1.00"), "{ppl}");
     }
 
     #[test]
