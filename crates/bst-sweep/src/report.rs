@@ -65,7 +65,9 @@ pub fn markdown(sweep: &Sweep, records: &[&RunRecord], failures: &[&RunFailure],
     devices.sort_unstable();
     devices.dedup();
     if let (Some(first), Some(last)) = (records.iter().map(|r| r.provenance.date.as_str()).min(), records.iter().map(|r| r.provenance.date.as_str()).max()) {
-        let _ = writeln!(out, "Runs trained at commit{} `{}` on {}, from {first} to {last}; every run's own provenance is in runs.csv.\n", if commits.len() > 1 { "s" } else { "" }, commits.join("`, `"), devices.join(", "));
+        // results from before the build commit was recorded hold the checkout's commit
+        let what = if records.iter().all(|r| !r.provenance.checkout_commit.is_empty()) { " (the binaries' build)" } else { "" };
+        let _ = writeln!(out, "Runs trained at commit{} `{}`{what} on {}, from {first} to {last}; every run's own provenance is in runs.csv.\n", if commits.len() > 1 { "s" } else { "" }, commits.join("`, `"), devices.join(", "));
     }
     let total_wall: f64 = records.iter().map(|r| r.wall_s).sum();
     let _ = writeln!(
