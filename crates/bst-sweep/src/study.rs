@@ -101,6 +101,12 @@ impl Cell<'_> {
         Summary::of(&self.records.iter().filter_map(|r| r.length_eval.iter().find(|l| l.factor == factor)).map(|l| l.bits_per_byte).collect::<Vec<_>>())
     }
 
+    /// Answer accuracy over the seeds for the answers whose source lies `from..to` back.
+    fn distance_summary(&self, from: usize, to: usize) -> Option<Summary> {
+        let of = |r: &&RunRecord| r.test.answers.as_ref()?.by_distance.iter().find(|b| b.from == from && b.to == to && b.count > 0).map(|b| b.accuracy);
+        Summary::of(&self.records.iter().filter_map(of).collect::<Vec<_>>())
+    }
+
     /// The metric of each seed.
     fn by_seed(&self, metric: Metric) -> BTreeMap<u64, f64> {
         self.records.iter().filter_map(|r| metric.of(&r.test).map(|v| (r.seed, v))).collect()
@@ -464,6 +470,30 @@ fn spearman(a: &[usize], b: &[usize]) -> f64 {
     1.0 - 6.0 * d2 / (n * (n * n - 1.0))
 }
 
+/// Answer accuracy by how far back each answer's source lies (the distance buckets of the
+/// evaluation that hold answers in some run), one row per configuration.
+fn distance_section(study: &Study, cells: &[Cell]) -> String {
+    let mut buckets: Vec<(usize, usize)> =
+        cells.iter().flat_map(|c| c.records.iter().flat_map(|r| r.test.answers.iter().flat_map(|a| a.by_distance.iter().filter(|b| b.count > 0).map(|b| (b.from, b.to))))).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    if buckets.is_empty() {
+        return String::new();
+    }
+    let mut head = vec!["variant".to_string()];
+    head.extend(study.keys.iter().cloned());
+    head.extend(buckets.iter().map(|(from, to)| if *to == usize::MAX { format!("{from}+ back") } else { format!("{from}-{} back", to - 1) }));
+    let mut out = format!("**Accuracy by distance** (test answers whose binding lies that many tokens back; mean ± sd over seeds):\n\n| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+    for c in cells {
+        let mut row = vec![c.variant.clone()];
+        row.extend(study.keys.iter().map(|k| c.value(k).map_or_else(|| "—".into(), String::from)));
+        row.extend(buckets.iter().map(|&(from, to)| c.distance_summary(from, to).map_or_else(String::new, |s| format!("{:.3} ± {:.3}", s.mean, s.sd))));
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    out.push('\n');
+    out
+}
+
 fn claims_section(study: &Study, cells: &[Cell], metric: Metric) -> String {
     let mut out = String::new();
     if study.claims.is_empty() {
@@ -520,6 +550,9 @@ pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) 
     out.push('\n');
     if matches!(metric, Metric::TestBpb | Metric::AnswerAccuracy) {
         out.push_str(&paper_table_section(study, cells, metric));
+    }
+    if metric == Metric::AnswerAccuracy {
+        out.push_str(&distance_section(study, cells));
     }
     out.push_str(&claims_section(study, cells, metric));
     let cmps = comparisons(study, cells, metric);
