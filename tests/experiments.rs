@@ -42,14 +42,18 @@ fn every_experiment_file_runs_end_to_end_under_its_smoke_profile() {
         assert_eq!(outcome.trained, outcome.sweep.runs.len(), "{}: every run trained", file.display());
         let csv = std::fs::read_to_string(outcome.results_dir.join("runs.csv")).unwrap();
         assert_eq!(csv.lines().count(), 1 + outcome.sweep.runs.len(), "{}: one row per run", file.display());
-        assert!(outcome.results_dir.join("report.md").exists(), "{}", file.display());
+        let report = std::fs::read_to_string(outcome.results_dir.join("report.md")).unwrap();
+        // a paper table is laid out beside ours; answers are broken down by distance
+        let sections = [(outcome.sweep.studies.iter().any(|s| s.paper_table.is_some()), "**The paper's table beside ours.**"), (file.ends_with("longrange.toml"), "**Accuracy by distance**")];
+        for (expected, section) in sections {
+            assert_eq!(report.contains(section), expected, "{}: {section}", file.display());
+        }
         if let Some(msrnn) = &outcome.sweep.msrnn {
             // every TRANSFORMER run: the full cache + each policy x budget; every other run: one row
             let transformers = outcome.sweep.runs.iter().filter(|r| r.config.model.arch.to_string() == "TRANSFORMER").count();
             let expected = transformers * (1 + msrnn.policies.len() * msrnn.budgets.len()) + (outcome.sweep.runs.len() - transformers);
             let rows = std::fs::read_to_string(outcome.results_dir.join("msrnn.csv")).unwrap();
             assert_eq!(rows.lines().count(), 1 + expected, "{}: msrnn.csv", file.display());
-            let report = std::fs::read_to_string(outcome.results_dir.join("report.md")).unwrap();
             assert!(report.contains("## Multi-state RNNs") && outcome.results_dir.join("msrnn_state.png").exists(), "{}", file.display());
         }
     }
