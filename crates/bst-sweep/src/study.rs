@@ -320,10 +320,11 @@ fn comparison_sentence(metric: Metric, c: &Cell, b: &Cell, cs: &Summary, bs: &Su
     let where_ = c.label_without(None);
     let better = if metric.lower_is_better() { cs.mean < bs.mean } else { cs.mean > bs.mean };
     let diff = (cs.mean - bs.mean).abs();
-    let direction = match (metric.lower_is_better(), cs.mean < bs.mean) {
-        (true, true) | (false, false) if diff > 0.0 => "lower",
-        _ if diff > 0.0 => "higher",
-        _ => "equal",
+    // the direction of the numbers; which way is better depends on the metric
+    let direction = if diff == 0.0 {
+        "equal".to_string()
+    } else {
+        format!("{} ({})", if cs.mean < bs.mean { "lower" } else { "higher" }, if better { "better" } else { "worse" })
     };
     let x_note = x.and_then(|x| c.value(axis_key(x)).map(|v| format!(" ({} {})", x_short(x), x_label(x, v)))).unwrap_or_default();
     let verdict = match cmp {
@@ -332,11 +333,10 @@ fn comparison_sentence(metric: Metric, c: &Cell, b: &Cell, cs: &Summary, bs: &Su
         None => "cannot be judged (fewer than two seeds, or no spread)".into(),
     };
     format!(
-        "- {where_}{x_note}: {} vs {} {}: {diff:.d$} {direction} ({}), {verdict}.",
+        "- {where_}{x_note}: {} vs {} {}: {diff:.d$} {direction}, {verdict}.",
         cs.display(d),
         b.label_without(None),
         bs.display(d),
-        if better { "better" } else { "worse" }
     )
 }
 
@@ -618,6 +618,18 @@ mod tests {
         // perplexity: the lowest ranks first
         let ppl = paper_table_markdown(&table(&[("A", 10.0), ("B", 12.0), ("C", 11.0)]), &variants, Metric::TestBpb, ours([20.0, 30.0, 25.0]));
         assert!(ppl.contains("| A | 10.00 (1) | 20.0 ± 1.0 (1) |") && ppl.contains("rho = 1.00"), "{ppl}");
+    }
+
+    #[test]
+    fn comparisons_say_the_direction_of_the_numbers_and_whether_it_is_better() {
+        let (a, b) = (Cell { variant: "A".into(), point: vec![], records: vec![], failures: 0 }, Cell { variant: "B".into(), point: vec![], records: vec![], failures: 0 });
+        let s = |mean: f64| Summary { n: 2, mean, sd: 0.01 };
+        let say = |metric, x: f64, y: f64| comparison_sentence(metric, &a, &b, &s(x), &s(y), &None, None);
+        assert!(say(Metric::AnswerAccuracy, 0.2, 0.3).contains("0.100 lower (worse)"), "{}", say(Metric::AnswerAccuracy, 0.2, 0.3));
+        assert!(say(Metric::AnswerAccuracy, 0.3, 0.2).contains("0.100 higher (better)"));
+        assert!(say(Metric::TestBpb, 3.0, 3.1).contains("0.100 lower (better)"));
+        assert!(say(Metric::TestBpb, 3.1, 3.0).contains("0.100 higher (worse)"));
+        assert!(say(Metric::TestBpb, 3.0, 3.0).contains("0.000 equal, "));
     }
 
     #[test]
