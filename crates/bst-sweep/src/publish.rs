@@ -57,9 +57,7 @@ pub fn publish(sweep: &Sweep, results_dir: &Path, data_text: &str, command: &str
         });
         for metric in Metric::ALL.into_iter().filter(|m| cells.iter().any(|c| c.summary(*m).is_some())) {
             let mut plots = Vec::new();
-            // a study named like its sweep (table1 in table1.toml) is not named twice
-            let prefix = if s.name == sweep.meta.name { String::new() } else { format!("{}: ", sweep.meta.name) };
-            if let Some(chart) = study::chart(s, &cells, metric, &prefix) {
+            if let Some(chart) = study::chart(s, &cells, metric, &title_prefix(sweep, s)) {
                 let stem = format!("study_{}_{}", file_safe(&s.name), metric.file_suffix());
                 out.files.extend(plot::render(&[chart], &results_dir.join(&stem))?);
                 plots.push(format!("{stem}.png"));
@@ -110,6 +108,12 @@ fn console_table(s: &crate::grid::Study, cells: &[study::Cell], metric: Metric) 
     out
 }
 
+/// `"<sweep>: "` before a study's chart title, unless the study is named like its sweep (table1
+/// in table1.toml), which would name it twice.
+fn title_prefix(sweep: &Sweep, study: &crate::grid::Study) -> String {
+    if study.name == sweep.meta.name { String::new() } else { format!("{}: ", sweep.meta.name) }
+}
+
 /// The training-loss curves of a study, one line per configuration (the mean over its seeds, step
 /// by step), from 10% of training on.
 fn loss_chart(sweep: &Sweep, s: &crate::grid::Study, cells: &[study::Cell], results_dir: &Path) -> Result<Option<Vec<PathBuf>>, SweepError> {
@@ -127,7 +131,7 @@ fn loss_chart(sweep: &Sweep, s: &crate::grid::Study, cells: &[study::Cell], resu
         return Ok(None);
     }
     let chart = Chart {
-        title: format!("{}: {}: training loss (mean over seeds, from 10% of training on)", sweep.meta.name, s.name),
+        title: format!("{}{}: training loss (mean over seeds, from 10% of training on)", title_prefix(sweep, s), s.name),
         x_desc: "training tokens (millions)".into(),
         y_desc: "train loss, nats per token (20-step mean)".into(),
         x: XAxis::Linear,
