@@ -55,7 +55,11 @@ pub fn publish(sweep: &Sweep, results_dir: &Path, data_text: &str, command: &str
             out.files.extend(files);
             name
         });
-        for metric in Metric::ALL.into_iter().filter(|m| cells.iter().any(|c| c.summary(*m).is_some())) {
+        // a model trained on the answers alone is not a language model of the other bytes: its
+        // bits per byte say nothing, accuracy is the study's metric
+        let answers_only = cells.iter().flat_map(|c| &c.records).all(|r| r.config.answers_only());
+        let shown = |m: &Metric| !(answers_only && *m == Metric::TestBpb) && cells.iter().any(|c| c.summary(*m).is_some());
+        for metric in Metric::ALL.into_iter().filter(shown) {
             let mut plots = Vec::new();
             if let Some(chart) = study::chart(s, &cells, metric, &title_prefix(sweep, s)) {
                 let stem = format!("study_{}_{}", file_safe(&s.name), metric.file_suffix());
