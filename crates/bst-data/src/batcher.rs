@@ -216,6 +216,8 @@ impl Sampler {
 #[derive(Debug)]
 pub struct EvalWindows<'a> {
     stream: &'a TokenStream,
+    /// Where the documents start, rising (a window that starts one starts from a fresh state).
+    doc_starts: Vec<usize>,
     seq: i64,
     rows: i64,
     row_len: i64,
@@ -238,7 +240,7 @@ impl<'a> EvalWindows<'a> {
         if windows == 0 {
             return Err(too_short());
         }
-        Ok(Self { stream, seq, rows, row_len, next_window: 0, windows })
+        Ok(Self { stream, doc_starts: stream.doc_starts(), seq, rows, row_len, next_window: 0, windows })
     }
 
     /// Number of tokens that will be predicted.
@@ -257,6 +259,9 @@ pub struct EvalBatch {
     /// `[rows, seq]` int64: for targets that are answers of a synthetic long-range task, how far
     /// back their source lies; 0 elsewhere (absent for data without answers).
     pub answers: Option<Tensor>,
+    /// `[rows]` bool: the row's window starts a document, so a carried state must not reach into
+    /// it, as in training (every window of an episodic task such as MQAR is one example).
+    pub reset: Tensor,
 }
 
 impl Iterator for EvalWindows<'_> {
@@ -269,8 +274,9 @@ impl Iterator for EvalWindows<'_> {
         let starts: Vec<usize> = (0..self.rows).map(|r| (r * self.row_len + self.next_window * self.seq) as usize).collect();
         let windows = self.stream.windows(&starts, self.seq as usize + 1);
         let answers = self.stream.answer_windows(&starts, self.seq as usize + 1).map(|a| a.narrow(1, 1, self.seq));
+        let reset: Vec<bool> = starts.iter().map(|s| self.doc_starts.binary_search(s).is_ok()).collect();
         self.next_window += 1;
-        Some(EvalBatch { inputs: windows.narrow(1, 0, self.seq), targets: windows.narrow(1, 1, self.seq), answers })
+        Some(EvalBatch { inputs: windows.narrow(1, 0, self.seq), targets: windows.narrow(1, 1, self.seq), answers, reset: Tensor::from_slice(&reset) })
     }
 }
 
@@ -313,6 +319,16 @@ mod tests {
         assert!(batches[0].answers.is_none());
         assert_eq!(EvalWindows::new(&s, 10, 3, 35).unwrap().predicted_tokens(), 30);
         assert!(EvalWindows::new(&stream(5), 10, 3, 0).is_err());
+    }
+
+    /// A window that starts a document is marked, so that a carried state does not reach from
+    /// one example into the next (102 predictable tokens: rows of 30 from 0, 30, 60; windows of 10).
+    #[test]
+    fn eval_windows_mark_document_starts() {
+        let s = stream(103).with_doc_starts(vec![0, 10, 40, 50, 98]);
+        let resets: Vec<Vec<bool>> = EvalWindows::new(&s, 10, 3, 0).unwrap().map(|b| Vec::<bool>::try_from(&b.reset).unwrap()).collect();
+        // window starts: [0, 30, 60], [10, 40, 70], [20, 50, 80]
+        assert_eq!(resets, vec![vec![true, false, false], vec![true, true, false], vec![false, true, false]]);
     }
 
     #[test]

@@ -151,6 +151,7 @@ pub fn evaluate_with_precision(
         windows
             .map(|batch| {
                 bytes += stream.bytes_of(&batch.targets);
+                state.reset_rows(&batch.reset.to_device(device));
                 let logits = model.logits_with_state(&batch.inputs.to_device(device), &mut state, false).flatten(0, 1).to_kind(Kind::Float);
                 state.detach();
                 let targets = batch.targets.to_device(device).flatten(0, 1);
