@@ -137,7 +137,12 @@ impl Cell<'_> {
 
     /// `variant key=value ...` without the key on the x axis.
     fn label_without(&self, x: Option<&str>) -> String {
-        let others: Vec<String> = self.point.iter().filter(|(k, _)| Some(k.as_str()) != x).map(|(k, v)| format!("{k}={v}")).collect();
+        self.label_without_keys(&x.into_iter().collect::<Vec<_>>())
+    }
+
+    /// The variant and its values of every key but `keys`.
+    fn label_without_keys(&self, keys: &[&str]) -> String {
+        let others: Vec<String> = self.point.iter().filter(|(k, _)| !keys.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
         [vec![self.variant.clone()], others].concat().into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
     }
 }
@@ -230,6 +235,12 @@ fn length_chart(study: &Study, cells: &[Cell], title_prefix: &str) -> Option<Cha
 
 /// The study's chart of `metric`: numeric x as lines with ± sd bands, categories as dots with
 /// error bars, variants that do not vary along x as horizontal reference bands. `plot_x` may
+/// Whether `key` takes one value per value of `x` across the cells (zipped with it, or constant).
+fn follows(cells: &[Cell], x: &str, key: &str) -> bool {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    cells.iter().filter_map(|c| c.value(x).zip(c.value(key))).all(|(xv, kv)| *seen.entry(xv).or_insert(kv) == kv)
+}
+
 /// also be `params` (the mean parameter count) or `eval_length` (see [`length_chart`]).
 pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) -> Option<Chart> {
     let x = study.x.as_deref();
@@ -252,14 +263,16 @@ pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) 
     if numeric {
         labels.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
     }
+    let moving: Vec<&str> = key.map_or_else(Vec::new, |k| study.keys.iter().map(String::as_str).filter(|o| *o != k && follows(cells, k, o)).collect());
     let mut series: Vec<Series> = Vec::new();
     let mut bands: Vec<Band> = Vec::new();
     let mut palette = Palette::default();
     for c in cells {
         let Some(s) = c.summary(metric) else { continue };
         let arch = c.arch();
-        // against the parameter count, one line per variant through its sizes
-        let label = if x == Some("params") { c.variant.clone() } else { c.label_without(key) };
+        // against the parameter count, one line per variant through its sizes; keys that move with
+        // x (zipped with it) do not split a line
+        let label = if x == Some("params") { c.variant.clone() } else { c.label_without_keys(&[key.into_iter().collect(), moving.clone()].concat()) };
         match along(c) {
             None if key.is_some() => bands.push(Band { color: palette.color(&arch), label, mean: s.mean, sd: s.sd }),
             at => {
