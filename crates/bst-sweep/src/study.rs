@@ -259,7 +259,9 @@ pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) 
             labels.push(l);
         }
     }
-    let numeric = !labels.is_empty() && labels.iter().all(|l| l.parse::<f64>().is_ok());
+    // one value along x is a category: its configurations then stand side by side as dots
+    // instead of hiding behind one another on a single point of a line
+    let numeric = labels.len() > 1 && labels.iter().all(|l| l.parse::<f64>().is_ok());
     if numeric {
         labels.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
     }
