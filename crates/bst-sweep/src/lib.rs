@@ -11,6 +11,7 @@
 
 pub mod error; // SweepError: what a sweep can fail on (Interrupted is a variant)
 pub mod estimate; // --dry-run time estimates from throughput measured on random tokens
+pub mod git; // the commit rule (HEAD, -dirty for code changes) shared with the build script
 pub mod grid; // sweep TOML: [sweep], [base], [[study]] (grid, zip, exclude, variants), [speed], [profiles.*] -> validated RunSpecs
 pub mod lock; // one launch per results folder (an OS file lock released when the process ends)
 pub mod msrnn; // [msrnn]: trained runs as multi-state RNNs: bounded KV caches vs state bounded by construction

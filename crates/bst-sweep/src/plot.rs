@@ -135,8 +135,8 @@ fn ranges(chart: &Chart) -> Result<(f64, f64, f64, f64), String> {
     if x0 > x1 || y0 > y1 {
         return Err(format!("nothing to plot for `{}`", chart.title));
     }
-    // headroom above the data for the legend (upper right), one line per entry
-    let legend_rows = (chart.series.len() + chart.bands.len()) as f64;
+    // headroom above the data for a legend inside the plot (upper right), one line per entry
+    let legend_rows = if legend_outside(chart) { 0.0 } else { legend_entries(chart) as f64 };
     let linear_y = |span: f64| (y0 - span * 0.12, y1 + span * (0.12 + 0.07 * legend_rows));
     let data_span = if y1 > y0 { y1 - y0 } else { 0.08 * y1.abs().max(1.0) };
     Ok(match (&chart.x, chart.log_y) {
@@ -164,7 +164,62 @@ fn one_two_five_points(x0: f64, x1: f64) -> Vec<f64> {
     (lo..=hi).flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e))).filter(|x| (x0..=x1).contains(x)).collect()
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String>
+/// Legends longer than this go beside the plot: inside it they would cover the curves or squash
+/// them under the headroom they need.
+const LEGEND_INSIDE_MAX: usize = 8;
+
+fn legend_entries(chart: &Chart) -> usize {
+    chart.series.len() + chart.bands.len()
+}
+
+fn legend_outside(chart: &Chart) -> bool {
+    legend_entries(chart) > LEGEND_INSIDE_MAX
+}
+
+/// Width in pixels of a legend beside the plot (0 when it is inside).
+fn outside_legend_width(chart: &Chart) -> u32 {
+    if !legend_outside(chart) {
+        return 0;
+    }
+    let longest = chart.series.iter().map(|s| s.label.len()).chain(chart.bands.iter().map(|b| b.label.len() + 17)).max().unwrap_or(0);
+    (longest as u32 * 7 + 60).min(900)
+}
+
+/// A legend beside the plot: one row per band and series, in drawing order.
+fn draw_outside_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let rows: Vec<(RGBColor, String, bool)> = chart.bands.iter().map(|b| (b.color, format!("{} (baseline, ± sd)", b.label), false)).chain(chart.series.iter().map(|s| (s.color, s.label.clone(), s.style == Style::Dots))).collect();
+    let row_h = ((area.dim_in_pixel().1 as i32 - 80) / rows.len().max(1) as i32).clamp(10, 22);
+    let font = ("sans-serif", (row_h - 6).clamp(9, 14)).into_font();
+    for (i, (color, label, dot)) in rows.iter().enumerate() {
+        let y = 50 + i as i32 * row_h;
+        if *dot {
+            area.draw(&Circle::new((20, y), 5, color.filled())).map_err(failed)?;
+        } else {
+            area.draw(&PathElement::new(vec![(10, y), (30, y)], color.stroke_width(3))).map_err(failed)?;
+        }
+        area.draw(&Text::new(label.as_str(), (38, y - (row_h - 6).clamp(9, 14) / 2), font.clone())).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Draws one chart on `area`, with its legend beside the plot when it is long.
+fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    if !legend_outside(chart) {
+        return draw_plot(area, chart);
+    }
+    let width = area.dim_in_pixel().0;
+    let (plot, side) = area.split_horizontally(width.saturating_sub(outside_legend_width(chart)));
+    draw_plot(&plot, chart)?;
+    draw_outside_legend(&side, chart)
+}
+
+fn draw_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
@@ -185,7 +240,7 @@ where
                 .map_err(failed)?;
             draw_series(&mut ctx, chart, (x0, x1))?;
             // costs grow to the upper right: the upper left is free
-            legend(&mut ctx, SeriesLabelPosition::UpperLeft)
+            legend(&mut ctx, chart, SeriesLabelPosition::UpperLeft)
         }
         (XAxis::Log, false) => {
             let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale().with_key_points(one_two_five_points(x0, x1)), y0..y1).map_err(failed)?;
@@ -198,7 +253,7 @@ where
                 .draw()
                 .map_err(failed)?;
             draw_series(&mut ctx, chart, (x0, x1))?;
-            legend(&mut ctx, SeriesLabelPosition::UpperRight)
+            legend(&mut ctx, chart, SeriesLabelPosition::UpperRight)
         }
         _ => {
             let mut ctx = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(failed)?;
@@ -228,7 +283,7 @@ where
                 .draw()
                 .map_err(failed)?;
             draw_series(&mut ctx, chart, (x0, x1))?;
-            legend(&mut ctx, SeriesLabelPosition::UpperRight)
+            legend(&mut ctx, chart, SeriesLabelPosition::UpperRight)
         }
     }
 }
@@ -243,10 +298,14 @@ fn one_two_five(x: f64) -> bool {
     [1.0, 2.0, 5.0, 10.0].iter().any(|m| (mantissa - m).abs() < 1e-6)
 }
 
-fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(ctx: &mut ChartContext<'a, DB, CT>, position: SeriesLabelPosition) -> Result<(), String>
+/// The legend inside the plot (nothing when [`draw_outside_legend`] draws it beside).
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(ctx: &mut ChartContext<'a, DB, CT>, chart: &Chart, position: SeriesLabelPosition) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
+    if legend_outside(chart) {
+        return Ok(());
+    }
     ctx.configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
@@ -324,7 +383,8 @@ where
 }
 
 /// Renders `charts` side by side to `<stem>.png` and `<stem>.svg` (each written to a temporary
-/// file, flushed, then renamed). Many categories widen each panel so that their labels fit.
+/// file, flushed, then renamed). Many categories widen each panel so that their labels fit, and a
+/// long legend beside the plot widens it by its own width.
 pub fn render(charts: &[Chart], stem: &Path) -> Result<Vec<PathBuf>, SweepError> {
     let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
     let (png_tmp, svg_tmp) = (stem.with_extension("tmp.png"), stem.with_extension("tmp.svg"));
@@ -336,7 +396,8 @@ pub fn render(charts: &[Chart], stem: &Path) -> Result<Vec<PathBuf>, SweepError>
         })
         .max()
         .unwrap_or(0)
-        .max(900);
+        .max(900)
+        + charts.iter().map(outside_legend_width).max().unwrap_or(0);
     let size = (panel_width * charts.len() as u32, 620);
     draw_panels(BitMapBackend::new(&png_tmp, size).into_drawing_area(), charts).map_err(SweepError::file(&png))?;
     draw_panels(SVGBackend::new(&svg_tmp, size).into_drawing_area(), charts).map_err(SweepError::file(&svg))?;
@@ -438,6 +499,26 @@ mod tests {
         let texts = svg_texts(&std::fs::read_to_string(&files[1]).unwrap());
         for text in ["demo: test bits per byte", "variant", "test bits per byte", "BST", "SLIDE (baseline, ± sd)", "BST:SH:S4D", "BST:MF:S4D", "forward", "sequence length L (tokens)"] {
             assert!(texts.iter().any(|t| t == text), "svg has no text `{text}`: {texts:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_legend_goes_beside_the_plot_and_leaves_the_data_its_height() {
+        let line = |i: usize| Series { label: format!("BST:SH:S4D data.synthetic.n_pairs={i}"), color: arch_color("BST:SH:S4D"), points: vec![(0.0, 1.0, 0.0), (1.0, 2.0, 0.0)], style: Style::Line };
+        let few = Chart { title: "t".into(), x_desc: String::new(), y_desc: String::new(), x: XAxis::Linear, log_y: false, series: (0..3).map(line).collect(), bands: Vec::new() };
+        let many = Chart { series: (0..20).map(line).collect(), ..few.clone() };
+        assert!(!legend_outside(&few) && legend_outside(&many));
+        assert_eq!(outside_legend_width(&few), 0);
+        let (y_top_few, y_top_many) = (ranges(&few).unwrap().3, ranges(&many).unwrap().3);
+        assert!(y_top_many < y_top_few, "no headroom for a legend that is not inside: {y_top_many} vs {y_top_few}");
+        let dir = tempfile::tempdir().unwrap();
+        let files = render(std::slice::from_ref(&many), &dir.path().join("many")).unwrap();
+        let svg = std::fs::read_to_string(&files[1]).unwrap();
+        let width: u32 = svg.split("width=\"").nth(1).and_then(|w| w.split('"').next()).and_then(|w| w.parse().ok()).unwrap();
+        assert_eq!(width, 900 + outside_legend_width(&many), "the panel widens by the legend");
+        let texts = svg_texts(&svg);
+        for i in 0..20 {
+            assert!(texts.iter().any(|t| *t == format!("BST:SH:S4D data.synthetic.n_pairs={i}")), "legend row {i} missing: {texts:?}");
         }
     }
 

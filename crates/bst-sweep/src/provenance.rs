@@ -1,7 +1,5 @@
 //! Where a result came from: the commit the code was built from, the checkout, device, date.
 
-use std::process::Command;
-
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,19 +30,8 @@ pub fn build_commit() -> &'static str {
     env!("BST_BUILD_COMMIT")
 }
 
-fn git(args: &[&str]) -> Option<String> {
-    let out = Command::new("git").args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// The checked-out commit, or `unknown` outside a git work tree.
+/// The checked-out commit of the current directory (`-dirty` with uncommitted code changes), or
+/// `unknown` outside a git work tree.
 pub fn git_commit() -> String {
-    match git(&["rev-parse", "HEAD"]) {
-        Some(commit) => {
-            // results/ is output, not input: changes there do not make the code dirty
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"]).is_some_and(|s| !s.is_empty());
-            if dirty { format!("{commit}-dirty") } else { commit }
-        }
-        None => "unknown".into(),
-    }
+    crate::git::commit(std::path::Path::new("."))
 }

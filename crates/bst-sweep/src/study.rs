@@ -265,16 +265,17 @@ pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) 
     if numeric {
         labels.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
     }
+    // keys that move with x (zipped with it) do not split a line
     let moving: Vec<&str> = key.map_or_else(Vec::new, |k| study.keys.iter().map(String::as_str).filter(|o| *o != k && follows(cells, k, o)).collect());
+    let unlabelled: Vec<&str> = key.into_iter().chain(moving).collect();
     let mut series: Vec<Series> = Vec::new();
     let mut bands: Vec<Band> = Vec::new();
     let mut palette = Palette::default();
     for c in cells {
         let Some(s) = c.summary(metric) else { continue };
         let arch = c.arch();
-        // against the parameter count, one line per variant through its sizes; keys that move with
-        // x (zipped with it) do not split a line
-        let label = if x == Some("params") { c.variant.clone() } else { c.label_without_keys(&[key.into_iter().collect(), moving.clone()].concat()) };
+        // against the parameter count, one line per variant through its sizes
+        let label = if x == Some("params") { c.variant.clone() } else { c.label_without_keys(&unlabelled) };
         match along(c) {
             None if key.is_some() => bands.push(Band { color: palette.color(&arch), label, mean: s.mean, sd: s.sd }),
             at => {
