@@ -336,10 +336,11 @@ fn train_in_children(sweep: &Sweep, runs: &[&RunSpec], opts: &SweepOptions, resu
                     progress.end_run(started.elapsed().as_secs_f64(), matches!(outcome, Some(Outcome::Finished(_))));
                     match outcome {
                         Some(Outcome::Finished(r)) => {
-                            progress.log(&format!("{spec}: done, {}", report::headline(&r)));
+                            progress.log(&format!("{spec}: done, {} ({})", report::headline(&r), progress.tally(opts.jobs)));
                             t.finished += 1;
                         }
                         Some(Outcome::Failed(f)) => {
+                            progress.log(&format!("{spec}: {} ({}); recorded in runs.csv, the sweep goes on ({})", f.status, f.error, progress.tally(opts.jobs)));
                             t.failed += 1;
                             t.first_failure.get_or_insert((spec.to_string(), f.error.clone()));
                         }

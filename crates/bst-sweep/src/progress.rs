@@ -109,18 +109,13 @@ impl Progress {
             Mode::Lines { every, last } => {
                 if last.get().elapsed() >= *every || m.step + 1 == steps {
                     last.set(Instant::now());
-                    eprintln!(
-                        "[{}] run {}/{} {}: step {}/{steps}, loss {:.3}, {:.0} tok/s, run ETA {}, sweep ETA {}",
-                        self.name,
-                        self.done.get() + 1,
-                        self.total,
-                        self.run.borrow(),
-                        m.step + 1,
-                        m.loss,
-                        m.tokens_per_s,
-                        duration(run_left),
-                        duration(self.sweep_eta(run_left))
-                    );
+                    let line = format!("{}: step {}/{steps}, loss {:.3}, {:.0} tok/s, run ETA {}", self.run.borrow(), m.step + 1, m.loss, m.tokens_per_s, duration(run_left));
+                    // a display of one run (a --jobs child, a cluster task) has no sweep to place it in
+                    if self.total > 1 {
+                        eprintln!("[{}] run {}/{} {line}, sweep ETA {}", self.name, self.done.get() + 1, self.total, duration(self.sweep_eta(run_left)));
+                    } else {
+                        eprintln!("[{}] {line}", self.name);
+                    }
                 }
             }
             Mode::Silent => {}
@@ -142,6 +137,15 @@ impl Progress {
         }
     }
 
+    /// `3/15 runs ended, sweep ETA 12m 30s`: where a sweep whose runs train `jobs` at a time
+    /// stands after a run ended (the parent's view; the children report their steps).
+    pub fn tally(&self, jobs: usize) -> String {
+        let left = self.total.saturating_sub(self.done.get());
+        let per_run = if self.trained.get() > 0 { self.spent.get() / self.trained.get() as f64 } else { f64::NAN };
+        let eta = if left == 0 { 0.0 } else { parallel_eta(left, per_run, jobs) };
+        format!("{}/{} runs ended, sweep ETA {}", self.done.get(), self.total, duration(eta))
+    }
+
     pub fn finish(&self) {
         if let Mode::Bars { overall, .. } = &self.mode {
             overall.finish_and_clear();
@@ -149,9 +153,28 @@ impl Progress {
     }
 }
 
+/// Wall time for `left` runs of `per_run` seconds each, `jobs` at a time: whole rounds of `jobs`.
+fn parallel_eta(left: usize, per_run: f64, jobs: usize) -> f64 {
+    left.div_ceil(jobs.max(1)) as f64 * per_run
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_eta_counts_rounds_of_jobs() {
+        assert_eq!(parallel_eta(5, 60.0, 2), 180.0, "5 runs two at a time take 3 rounds");
+        assert_eq!(parallel_eta(4, 60.0, 1), 240.0);
+        assert_eq!(parallel_eta(1, 60.0, 0), 60.0, "no jobs means one");
+        let p = Progress::new("s", 4, false, Duration::ZERO);
+        assert_eq!(p.tally(2), "0/4 runs ended, sweep ETA ?", "no run timed yet");
+        p.end_run(100.0, true);
+        assert_eq!(p.tally(2), "1/4 runs ended, sweep ETA 3m 20s");
+        p.skip();
+        p.end_run(0.0, false);
+        assert_eq!(p.tally(2), "3/4 runs ended, sweep ETA 1m 40s");
+    }
 
     #[test]
     fn durations_read_well() {

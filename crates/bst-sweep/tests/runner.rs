@@ -193,9 +193,12 @@ fn jobs_in_parallel_equal_one_after_another() {
     let run = |root: &str, jobs: &str| {
         let out = binary().arg(&file).arg("--results").arg(tmp.path().join(root)).args(["--device", "cpu", "--only", "depth", "--threads", "1", "--jobs", jobs]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        rows(&tmp.path().join(root).join("tiny/runs.csv"))
+        (rows(&tmp.path().join(root).join("tiny/runs.csv")), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (parallel, serial) = (run("parallel", "2"), run("serial", "1"));
+    let ((parallel, log), (serial, _)) = (run("parallel", "2"), run("serial", "1"));
+    // the parent tallies the sweep as children end; a child's lines are of its run alone
+    assert!(log.lines().any(|l| l.contains("done") && l.contains("3/3 runs ended, sweep ETA 0s")), "{log}");
+    assert!(!log.contains("run 1/1"), "{log}");
     assert_eq!(parallel.len(), 3);
     for (p, s) in parallel.iter().zip(&serial) {
         for col in ["run_id", "test_bpb", "valid_bpb", "final_train_loss"] {
