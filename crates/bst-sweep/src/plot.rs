@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use crate::error::SweepError;
@@ -226,37 +227,19 @@ where
     let (x0, x1, y0, y1) = ranges(chart)?;
     let mut builder = ChartBuilder::on(root);
     builder.caption(&chart.title, ("sans-serif", 22)).margin(18).x_label_area_size(52).y_label_area_size(76);
+    let log_ticks = |x: &f64| if one_two_five(*x) { number(*x) } else { String::new() };
     match (&chart.x, chart.log_y) {
         (XAxis::Log, true) => {
-            let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale().with_key_points(one_two_five_points(x0, x1)), (y0..y1).log_scale()).map_err(failed)?;
-            ctx.configure_mesh()
-                .x_desc(&chart.x_desc)
-                .y_desc(&chart.y_desc)
-                .axis_desc_style(("sans-serif", 17))
-                .label_style(("sans-serif", 14))
-                .x_label_formatter(&|x| if one_two_five(*x) { number(*x) } else { String::new() })
-                .y_label_formatter(&|y| format!("{y:.1e}"))
-                .draw()
-                .map_err(failed)?;
-            draw_series(&mut ctx, chart, (x0, x1))?;
+            let ctx = builder.build_cartesian_2d((x0..x1).log_scale().with_key_points(one_two_five_points(x0, x1)), (y0..y1).log_scale()).map_err(failed)?;
             // costs grow to the upper right: the upper left is free
-            legend(&mut ctx, chart, SeriesLabelPosition::UpperLeft)
+            finish(ctx, chart, (x0, x1), Ticks { x: &log_ticks, x_count: None, y: Some(&|y| format!("{y:.1e}")) }, SeriesLabelPosition::UpperLeft)
         }
         (XAxis::Log, false) => {
-            let mut ctx = builder.build_cartesian_2d((x0..x1).log_scale().with_key_points(one_two_five_points(x0, x1)), y0..y1).map_err(failed)?;
-            ctx.configure_mesh()
-                .x_desc(&chart.x_desc)
-                .y_desc(&chart.y_desc)
-                .axis_desc_style(("sans-serif", 17))
-                .label_style(("sans-serif", 14))
-                .x_label_formatter(&|x| if one_two_five(*x) { number(*x) } else { String::new() })
-                .draw()
-                .map_err(failed)?;
-            draw_series(&mut ctx, chart, (x0, x1))?;
-            legend(&mut ctx, chart, SeriesLabelPosition::UpperRight)
+            let ctx = builder.build_cartesian_2d((x0..x1).log_scale().with_key_points(one_two_five_points(x0, x1)), y0..y1).map_err(failed)?;
+            finish(ctx, chart, (x0, x1), Ticks { x: &log_ticks, x_count: None, y: None }, SeriesLabelPosition::UpperRight)
         }
         _ => {
-            let mut ctx = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(failed)?;
+            let ctx = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(failed)?;
             let labels = match &chart.x {
                 XAxis::Categories(c) => Some(c.clone()),
                 _ => None,
@@ -269,23 +252,42 @@ where
                 None if integer_data && (x - x.round()).abs() > 1e-9 => String::new(),
                 None => number(*x),
             };
-            let n_x_labels = match &chart.x {
+            let x_count = match &chart.x {
                 XAxis::Categories(c) => 2 * c.len() + 3,
                 _ => 10,
             };
-            ctx.configure_mesh()
-                .x_desc(&chart.x_desc)
-                .y_desc(&chart.y_desc)
-                .x_labels(n_x_labels)
-                .x_label_formatter(&format_x)
-                .axis_desc_style(("sans-serif", 17))
-                .label_style(("sans-serif", 14))
-                .draw()
-                .map_err(failed)?;
-            draw_series(&mut ctx, chart, (x0, x1))?;
-            legend(&mut ctx, chart, SeriesLabelPosition::UpperRight)
+            finish(ctx, chart, (x0, x1), Ticks { x: &format_x, x_count: Some(x_count), y: None }, SeriesLabelPosition::UpperRight)
         }
     }
+}
+
+/// How a chart's axes are labelled: x tick labels, how many x ticks (plotters' default when
+/// `None`), y tick labels (plotters' default when `None`).
+struct Ticks<'f> {
+    x: &'f dyn Fn(&f64) -> String,
+    x_count: Option<usize>,
+    y: Option<&'f dyn Fn(&f64) -> String>,
+}
+
+/// Draws the mesh, the bands and series and the legend on a chart of any axis kinds.
+fn finish<'a, DB, X, Y>(mut ctx: ChartContext<'a, DB, Cartesian2d<X, Y>>, chart: &Chart, x_range: (f64, f64), ticks: Ticks, position: SeriesLabelPosition) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut mesh = ctx.configure_mesh();
+    mesh.x_desc(&chart.x_desc).y_desc(&chart.y_desc).axis_desc_style(("sans-serif", 17)).label_style(("sans-serif", 14)).x_label_formatter(ticks.x);
+    if let Some(n) = ticks.x_count {
+        mesh.x_labels(n);
+    }
+    if let Some(y) = ticks.y {
+        mesh.y_label_formatter(y);
+    }
+    mesh.draw().map_err(failed)?;
+    draw_series(&mut ctx, chart, x_range)?;
+    legend(&mut ctx, chart, position)
 }
 
 /// Whether a log-axis tick is 1, 2 or 5 times a power of ten (the others stay unlabelled, or
