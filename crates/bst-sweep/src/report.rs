@@ -6,6 +6,7 @@ use std::rc::Rc;
 use crate::grid::Sweep;
 use bst_data::lra::LraDataset;
 
+use crate::provenance::Provenance;
 use crate::run::{LoadedData, RunFailure, RunRecord};
 
 /// The data of the sweep (one paragraph per distinct corpus or task), with the baselines every
@@ -51,6 +52,19 @@ pub fn cell(v: f64, decimals: usize) -> String {
     if v.is_finite() { format!("{v:.decimals$}") } else { String::new() }
 }
 
+/// `commit(s) `a`, `b` on <devices>, from <first date> to <last>`; `None` for no launches.
+fn provenance_line(launches: &[&Provenance]) -> Option<String> {
+    let distinct = |f: fn(&Provenance) -> &str| {
+        let mut v: Vec<&str> = launches.iter().map(|p| f(p)).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let (commits, devices, dates) = (distinct(|p| &p.git_commit), distinct(|p| &p.device), distinct(|p| &p.date));
+    let (first, last) = (dates.first()?, dates.last()?);
+    Some(format!("commit{} `{}` on {}, from {first} to {last}", if commits.len() > 1 { "s" } else { "" }, commits.join("`, `"), devices.join(", ")))
+}
+
 /// The whole report.md: provenance, data, one section per study, the speed study, failures.
 pub fn markdown(sweep: &Sweep, records: &[&RunRecord], failures: &[&RunFailure], data_text: &str, sections: &[String], command: &str) -> String {
     let mut out = format!("# {}\n\n", sweep.meta.name);
@@ -58,16 +72,15 @@ pub fn markdown(sweep: &Sweep, records: &[&RunRecord], failures: &[&RunFailure],
         let _ = writeln!(out, "{}\n", sweep.meta.description);
     }
     let _ = writeln!(out, "Produced by `{command}` (profile `{}`, sweep file `{}`, seeds {:?}).", sweep.profile, sweep.file.display(), sweep.meta.seeds);
-    let mut commits: Vec<&str> = records.iter().map(|r| r.provenance.git_commit.as_str()).collect();
-    commits.sort_unstable();
-    commits.dedup();
-    let mut devices: Vec<&str> = records.iter().map(|r| r.provenance.device.as_str()).collect();
-    devices.sort_unstable();
-    devices.dedup();
-    if let (Some(first), Some(last)) = (records.iter().map(|r| r.provenance.date.as_str()).min(), records.iter().map(|r| r.provenance.date.as_str()).max()) {
+    let trained: Vec<&Provenance> = records.iter().flat_map(|r| r.training_provenance()).collect();
+    if let Some(line) = provenance_line(&trained) {
         // results from before the build commit was recorded hold the checkout's commit
-        let what = if records.iter().all(|r| !r.provenance.checkout_commit.is_empty()) { " (the binaries' build)" } else { "" };
-        let _ = writeln!(out, "Runs trained at commit{} `{}`{what} on {}, from {first} to {last}; every run's own provenance is in runs.csv.\n", if commits.len() > 1 { "s" } else { "" }, commits.join("`, `"), devices.join(", "));
+        let what = if trained.iter().all(|p| !p.checkout_commit.is_empty()) { " (the binaries' build)" } else { "" };
+        let _ = writeln!(out, "Runs trained at {line}{what}; every run's own provenance is in runs.csv.\n");
+    }
+    let again: Vec<&Provenance> = records.iter().filter(|r| r.evaluated_again()).map(|r| &r.provenance).collect();
+    if let Some(line) = provenance_line(&again) {
+        let _ = writeln!(out, "{} of these runs were evaluated again from their final checkpoints (no step trained) at {line}; their scores are that evaluation's (runs.csv's commit and date too).\n", again.len());
     }
     let total_wall: f64 = records.iter().map(|r| r.wall_s).sum();
     let _ = writeln!(

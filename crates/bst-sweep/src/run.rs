@@ -3,7 +3,8 @@
 //!
 //! `runs/<run_id>/` holds `config.toml` (the resolved configuration), `tokenizer.json` (with a BPE
 //! tokenizer), `metrics.csv` (one row per optimiser step, written as training goes),
-//! `checkpoint/` (see `bst_model::checkpoint`; kept at the end for `bst-score`) and, once the
+//! `checkpoint/` (see `bst_model::checkpoint`; kept at the end for `bst-score`), `launches.jsonl`
+//! (every launch that worked on the run, from which step: see [`RunLaunch`]) and, once the
 //! run has finished, `result.json`. `result.json` is written atomically and is the only mark of a
 //! finished run. An interrupted run (Ctrl-C, or a crash after a periodic checkpoint) resumes from
 //! its last checkpoint on the next launch, and continues exactly as if it had not stopped.
@@ -133,10 +134,39 @@ pub struct RunRecord {
     pub length_eval: Vec<bst_model::LengthResult>,
     /// The run continued from a checkpoint of an earlier launch.
     pub resumed_from_step: Option<usize>,
+    /// Every launch that worked on the run, in order (empty in records from before they were
+    /// kept): which code trained which steps, and which only evaluated.
+    #[serde(default)]
+    pub launches: Vec<RunLaunch>,
     #[serde(deserialize_with = "bst_model::eval::f64_or_nan")]
     pub unigram_test_bpb: f64,
+    /// The launch that finished the run: its last evaluation.
     pub provenance: Provenance,
     pub config: RunConfig,
+}
+
+/// One launch that worked on a run: the step it started from and where it ran. A launch that
+/// starts at the final step trains nothing and only evaluates (after `result.json` was removed
+/// to score a finished run again, e.g. after a fix to evaluation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunLaunch {
+    pub from_step: usize,
+    pub provenance: Provenance,
+}
+
+impl RunRecord {
+    /// The launches that trained steps of this run; the finishing launch's for records from
+    /// before launches were kept.
+    pub fn training_provenance(&self) -> Vec<&Provenance> {
+        let trained: Vec<&Provenance> = self.launches.iter().filter(|l| l.from_step < self.steps).map(|l| &l.provenance).collect();
+        if trained.is_empty() { vec![&self.provenance] } else { trained }
+    }
+
+    /// Whether the launch that finished the run trained nothing: it evaluated a run whose
+    /// training an earlier launch had finished.
+    pub fn evaluated_again(&self) -> bool {
+        self.launches.len() > 1 && self.launches.last().is_some_and(|l| l.from_step >= self.steps)
+    }
 }
 
 /// Test scores at `factor` times the training length.
@@ -157,7 +187,7 @@ struct Scores {
 }
 
 impl RunRecord {
-    fn new(spec: &RunSpec, params: usize, outcome: &TrainOutcome, scores: Scores, resumed_from_step: Option<usize>, device: Device) -> Self {
+    fn new(spec: &RunSpec, params: usize, outcome: &TrainOutcome, scores: Scores, launches: Vec<RunLaunch>, device: Device) -> Self {
         let cfg = &spec.config;
         Self {
             run_id: spec.run_id.clone(),
@@ -178,7 +208,8 @@ impl RunRecord {
             test: scores.test,
             longer: scores.longer,
             length_eval: scores.length_eval,
-            resumed_from_step,
+            resumed_from_step: launches.last().map(|l| l.from_step).filter(|&s| s > 0),
+            launches,
             unigram_test_bpb: scores.unigram_test_bpb,
             provenance: Provenance::now(device),
             config: cfg.clone(),
@@ -349,7 +380,8 @@ fn execute_lm(
     let params = bst_model::lm::parameter_count(&vs);
     let mut trainer = Trainer::new(&model, &vs, cfg, &data.train)?;
     let ckpt = dir.join("checkpoint");
-    let resumed_from_step = resume(spec, &ckpt, log, |c| trainer.resume(c).map(|()| trainer.step()))?;
+    let from_step = resume(spec, &ckpt, log, |c| trainer.resume(c).map(|()| trainer.step()))?;
+    let launches = record_launch(dir, from_step, device)?;
     let outcome = train_logging_steps(&dir.join("metrics.csv"), trainer.step(), on_step, |steps| trainer.run(&data.train, Some(&ckpt), steps))?;
     let t = &cfg.train;
     let eval = |stream, factor: usize| evaluate_with_precision(&model, stream, t.seq_len * factor, t.eval_batch_size, t.eval_tokens, device, t.precision);
@@ -359,7 +391,7 @@ fn execute_lm(
         None => Vec::new(),
     };
     let scores = Scores { valid: eval(&data.valid, 1)?, test: eval(&data.test, 1)?, longer, length_eval, unigram_test_bpb: data.stats.unigram_test_bpb };
-    Ok(RunRecord::new(spec, params, &outcome, scores, resumed_from_step, device))
+    Ok(RunRecord::new(spec, params, &outcome, scores, launches, device))
 }
 
 /// A classifier on an LRA task: train (or resume from its checkpoint), evaluate accuracy. Its
@@ -372,7 +404,8 @@ fn execute_lra(spec: &RunSpec, data: &LraDataset, dir: &Path, device: Device, lo
     let params = bst_model::lm::parameter_count(&vs);
     let mut trainer = ClassifierTrainer::new(&model, &vs, cfg, data);
     let ckpt = dir.join("checkpoint");
-    let resumed_from_step = resume(spec, &ckpt, log, |c| trainer.resume(c).map(|()| trainer.step()))?;
+    let from_step = resume(spec, &ckpt, log, |c| trainer.resume(c).map(|()| trainer.step()))?;
+    let launches = record_launch(dir, from_step, device)?;
     let outcome = train_logging_steps(&dir.join("metrics.csv"), trainer.step(), on_step, |steps| trainer.run(Some(&ckpt), steps))?;
     let eval = |split| -> Result<EvalMetrics> {
         let c = evaluate_classifier(&model, data, split, cfg, device)?;
@@ -381,16 +414,29 @@ fn execute_lra(spec: &RunSpec, data: &LraDataset, dir: &Path, device: Device, lo
         Ok(EvalMetrics { tokens: c.examples, bytes: f64::NAN, loss: c.loss, ppl: c.loss.exp(), bits_per_token: bits, bits_per_byte: f64::NAN, answers })
     };
     let scores = Scores { valid: eval(SplitName::Valid)?, test: eval(SplitName::Test)?, longer: Vec::new(), length_eval: Vec::new(), unigram_test_bpb: f64::NAN };
-    Ok(RunRecord::new(spec, params, &outcome, scores, resumed_from_step, device))
+    Ok(RunRecord::new(spec, params, &outcome, scores, launches, device))
 }
 
 /// Resumes from the checkpoint in `ckpt` if there is one (`load` restores it and returns the step
-/// reached); `None` when the run starts from scratch.
-fn resume(spec: &RunSpec, ckpt: &Path, log: &dyn Fn(String), load: impl FnOnce(&Path) -> Result<usize, ModelError>) -> Result<Option<usize>> {
+/// reached); the step training starts from (0 without a checkpoint).
+fn resume(spec: &RunSpec, ckpt: &Path, log: &dyn Fn(String), load: impl FnOnce(&Path) -> Result<usize, ModelError>) -> Result<usize> {
     if !checkpoint::exists(ckpt) {
-        return Ok(None);
+        return Ok(0);
     }
     let step = load(ckpt).map_err(|source| SweepError::Resume { run: spec.to_string(), checkpoint: ckpt.to_owned(), source })?;
     log(format!("{spec}: resuming from the checkpoint at step {step}"));
-    Ok(Some(step))
+    Ok(step)
+}
+
+/// Adds this launch to the run's `launches.jsonl` before it trains (so that a launch killed
+/// mid-run is recorded too) and returns every launch so far. A launch from step 0 starts the
+/// list afresh: what earlier launches trained is gone with their checkpoint. A line torn by a
+/// kill is skipped.
+fn record_launch(dir: &Path, from_step: usize, device: Device) -> Result<Vec<RunLaunch>> {
+    let path = dir.join("launches.jsonl");
+    let line = serde_json::to_string(&RunLaunch { from_step, provenance: Provenance::now(device) }).expect("a launch serialises");
+    let mut file = std::fs::OpenOptions::new().create(true).append(from_step > 0).write(true).truncate(from_step == 0).open(&path).map_err(SweepError::io(&path))?;
+    file.write_all(format!("{line}\n").as_bytes()).and_then(|()| file.sync_all()).map_err(SweepError::io(&path))?;
+    let text = std::fs::read_to_string(&path).map_err(SweepError::io(&path))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }

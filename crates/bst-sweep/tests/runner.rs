@@ -206,3 +206,31 @@ fn jobs_in_parallel_equal_one_after_another() {
         }
     }
 }
+
+/// A finished run scored again (its result.json removed, as after a fix to evaluation) trains
+/// nothing, scores the same, and its record keeps the launch that trained it apart from the one
+/// that evaluated it; the report says so.
+#[test]
+fn a_run_evaluated_again_keeps_its_training_provenance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = options(tmp.path(), &studies(3).replace("seeds = [0, 1]", "seeds = [0]"));
+    opts.only = vec!["depth".into()];
+    run_sweep(&opts).unwrap();
+    let dir = tmp.path().join("results/tiny");
+    let result = |id: &str| dir.join("runs").join(id).join("result.json");
+    let read = |id: &str| -> bst_sweep::run::RunRecord { serde_json::from_str(&std::fs::read_to_string(result(id)).unwrap()).unwrap() };
+    let id = rows(&dir.join("runs.csv"))[0]["run_id"].clone();
+    let first = read(&id);
+    assert_eq!(first.launches.iter().map(|l| l.from_step).collect::<Vec<_>>(), [0]);
+    assert!(!first.evaluated_again() && first.resumed_from_step.is_none());
+
+    std::fs::remove_file(result(&id)).unwrap();
+    assert_eq!(run_sweep(&opts).unwrap().trained, 1);
+    let second = read(&id);
+    assert_eq!((second.test.bits_per_byte, second.final_train_loss, second.steps), (first.test.bits_per_byte, first.final_train_loss, 3));
+    assert_eq!(second.launches.iter().map(|l| l.from_step).collect::<Vec<_>>(), [0, 3]);
+    assert!(second.evaluated_again() && second.resumed_from_step == Some(3));
+    assert_eq!(second.training_provenance(), vec![&first.launches[0].provenance]);
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("1 of these runs were evaluated again from their final checkpoints"), "{report}");
+}
