@@ -161,6 +161,8 @@ pub struct Claim {
     pub text: String,
     pub better: Selector,
     pub worse: Selector,
+    /// The multiple of the training length the claim is judged at (1: the training length).
+    pub length_factor: usize,
 }
 
 /// One configuration of a study: a variant and the values of the keys it varies along.
@@ -329,6 +331,14 @@ struct RawClaim {
     better_at: Table,
     #[serde(default)]
     worse_at: Table,
+    /// Judge the claim at this multiple of the training length (1, the default, or one of
+    /// `train.eval_length_factors`).
+    #[serde(default = "one")]
+    length_factor: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A variant as written: its name, the axes it is not crossed with, and its keys.
@@ -667,7 +677,14 @@ fn claim(c: &RawClaim, members: &[(RunConfig, LayerPlan, Membership)]) -> Result
             }
         }
     };
-    Ok(Claim { text: c.text.clone(), better: side("better", &c.better, &c.better_at)?, worse: side("worse", &c.worse, &c.worse_at)? })
+    let (better, worse) = (side("better", &c.better, &c.better_at)?, side("worse", &c.worse, &c.worse_at)?);
+    if c.length_factor != 1 {
+        let evaluated = |s: &Selector| members.iter().filter(|(_, _, m)| m.variant == s.variant && m.point == s.point).all(|(cfg, _, _)| cfg.train.eval_length_factors.contains(&c.length_factor));
+        if !(evaluated(&better) && evaluated(&worse)) {
+            return Err(format!("length_factor = {} is not in train.eval_length_factors of both sides (1, the training length, always is)", c.length_factor));
+        }
+    }
+    Ok(Claim { text: c.text.clone(), better, worse, length_factor: c.length_factor })
 }
 
 /// The configuration key behind a plotted axis (`count(model.ssm_layers)` plots a count of it).

@@ -107,19 +107,26 @@ impl Cell<'_> {
         Summary::of(&self.records.iter().filter_map(of).collect::<Vec<_>>())
     }
 
-    /// The metric of each seed.
-    fn by_seed(&self, metric: Metric) -> BTreeMap<u64, f64> {
-        self.records.iter().filter_map(|r| metric.of(&r.test).map(|v| (r.seed, v))).collect()
+    /// The metric of each seed at `factor` times the training length (1: the test split as trained).
+    fn by_seed_at(&self, metric: Metric, factor: usize) -> BTreeMap<u64, f64> {
+        let at = |r: &RunRecord| if factor == 1 { metric.of(&r.test) } else { r.longer.iter().find(|l| l.factor == factor).and_then(|l| metric.of(&l.test)) };
+        self.records.iter().filter_map(|r| at(r).map(|v| (r.seed, v))).collect()
     }
 
     /// This configuration against `other` over the seeds: paired when both ran the same seeds
     /// (two or more), Welch's test otherwise.
     pub fn compare(&self, other: &Cell, metric: Metric) -> Option<Comparison> {
-        let (a, b) = (self.by_seed(metric), other.by_seed(metric));
+        self.compare_at(other, metric, 1)
+    }
+
+    /// [`Cell::compare`] at `factor` times the training length.
+    fn compare_at(&self, other: &Cell, metric: Metric, factor: usize) -> Option<Comparison> {
+        let (a, b) = (self.by_seed_at(metric, factor), other.by_seed_at(metric, factor));
         if a.len() >= 2 && a.keys().eq(b.keys()) {
             return Comparison::paired(&a.iter().map(|(s, v)| (*v, b[s])).collect::<Vec<_>>());
         }
-        Comparison::welch(&self.summary(metric)?, &other.summary(metric)?)
+        let summary = |m: &BTreeMap<u64, f64>| Summary::of(&m.values().copied().collect::<Vec<_>>());
+        Comparison::welch(&summary(&a)?, &summary(&b)?)
     }
 
     /// Mean parameter count over the seeds.
@@ -388,13 +395,16 @@ impl Cell<'_> {
 
 /// The verdict on `claim`, with one sentence of evidence.
 pub fn verdict(claim: &Claim, cells: &[Cell], metric: Metric) -> (Verdict, String) {
-    let side = |s: &Selector| cells.iter().find(|c| c.is(s)).and_then(|c| Some((c, c.summary(metric)?)));
+    let f = claim.length_factor;
+    let summary = |c: &Cell| if f == 1 { c.summary(metric) } else { c.longer_summary(metric, f) };
+    let side = |s: &Selector| cells.iter().find(|c| c.is(s)).and_then(|c| Some((c, summary(c)?)));
     let (Some((bc, b)), Some((wc, w))) = (side(&claim.better), side(&claim.worse)) else {
         return (Verdict::NotRun, format!("{} or {} has no finished run", claim.better, claim.worse));
     };
     let d = metric.decimals();
-    let evidence = format!("{} {} vs {} {}", claim.better, b.display(d), claim.worse, w.display(d));
-    let (v, why) = judge(&b, &w, bc.compare(wc, metric), metric.lower_is_better());
+    let at = if f == 1 { String::new() } else { format!(" at {f}x the training length") };
+    let evidence = format!("{} {} vs {} {}{at}", claim.better, b.display(d), claim.worse, w.display(d));
+    let (v, why) = judge(&b, &w, bc.compare_at(wc, metric, f), metric.lower_is_better());
     (v, format!("{evidence}{why}"))
 }
 

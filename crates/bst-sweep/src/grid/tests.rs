@@ -319,3 +319,13 @@ fn a_paper_table_must_name_the_studys_variants_and_values() {
     assert!(e(table.replace("[11.5, 11.4]", "[11.5]")).contains("1 values for 2 columns"));
     assert!(e(table.replace("key = \"model.ssm_layers\"", "key = \"attn.window\"")).contains("not a varying key"));
 }
+
+#[test]
+fn a_claim_at_a_longer_length_needs_that_length_evaluated() {
+    let at_4x = CLAIMS.replacen("text = \"BST beats SLIDE\"", "text = \"BST beats SLIDE\"\nlength_factor = 4", 1);
+    let e = load(&at_4x, None, &[]).unwrap_err().to_string();
+    assert!(e.contains("study `placement`: claim 2: length_factor = 4 is not in train.eval_length_factors of both sides"), "{e}");
+    let evaluated = at_4x.replacen("train.seq_len = 64", "train.seq_len = 64\ntrain.eval_length_factors = [1, 4]", 1);
+    let s = load(&evaluated, None, &[]).unwrap();
+    assert_eq!(s.study("placement").unwrap().claims.iter().map(|c| c.length_factor).collect::<Vec<_>>(), [1, 4]);
+}
