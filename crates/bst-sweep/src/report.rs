@@ -35,10 +35,12 @@ pub fn data_summary(lm: &[Rc<LoadedData>], lra: &[Rc<LraDataset>]) -> String {
     corpora.chain(tasks).collect::<Vec<_>>().join("\n\n")
 }
 
-/// One line on a finished run: bits per byte for a language model, accuracy when it has answers.
+/// One line on a finished run: bits per byte for a language model, accuracy when it has answers
+/// (alone when the model trained on the answers only: its bits per byte score bytes it never
+/// learned to predict).
 pub fn headline(r: &RunRecord) -> String {
     let mut parts = Vec::new();
-    if r.test.bits_per_byte.is_finite() {
+    if r.test.bits_per_byte.is_finite() && !r.config.answers_only() {
         parts.push(format!("valid bpb {:.3}, test bpb {:.3}", r.valid.bits_per_byte, r.test.bits_per_byte));
     }
     if let (Some(v), Some(t)) = (&r.valid.answers, &r.test.answers) {
