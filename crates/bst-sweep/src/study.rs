@@ -349,7 +349,8 @@ fn comparison_sentence(metric: Metric, c: &Cell, b: &Cell, cs: &Summary, bs: &Su
     } else {
         format!("{} ({})", if cs.mean < bs.mean { "lower" } else { "higher" }, if better { "better" } else { "worse" })
     };
-    let x_note = x.and_then(|x| c.value(axis_key(x)).map(|v| format!(" ({} {})", x_short(x), x_label(x, v)))).unwrap_or_default();
+    // the x value as the paper counts it (layer 2 for ssm_layers = [1]); the label already has the raw value
+    let x_note = x.and_then(|x| c.value(axis_key(x)).filter(|v| x_label(x, v) != *v).map(|v| format!(" ({} {})", x_short(x), x_label(x, v)))).unwrap_or_default();
     let verdict = match cmp {
         Some(t) if t.significant() => format!("**exceeds the seed spread** ({} = {:.2}, df = {:.1}, p = {:.3})", t.test_name(), t.t, t.df, t.p),
         Some(t) => format!("within the seed spread ({} = {:.2}, df = {:.1}, p = {:.2})", t.test_name(), t.t, t.df, t.p),
