@@ -54,8 +54,8 @@ pub fn cell(v: f64, decimals: usize) -> String {
     if v.is_finite() { format!("{v:.decimals$}") } else { String::new() }
 }
 
-/// `commit(s) `a`, `b` on <devices>, from <first date> to <last>`; `None` for no launches.
-fn provenance_line(launches: &[&Provenance]) -> Option<String> {
+/// `commit(s) `a`, `b`<what> on <devices>, from <first date> to <last>`; `None` for no launches.
+fn provenance_line(launches: &[&Provenance], what: &str) -> Option<String> {
     let distinct = |f: fn(&Provenance) -> &str| {
         let mut v: Vec<&str> = launches.iter().map(|p| f(p)).collect();
         v.sort_unstable();
@@ -64,7 +64,7 @@ fn provenance_line(launches: &[&Provenance]) -> Option<String> {
     };
     let (commits, devices, dates) = (distinct(|p| &p.git_commit), distinct(|p| &p.device), distinct(|p| &p.date));
     let (first, last) = (dates.first()?, dates.last()?);
-    Some(format!("commit{} `{}` on {}, from {first} to {last}", if commits.len() > 1 { "s" } else { "" }, commits.join("`, `"), devices.join(", ")))
+    Some(format!("commit{} `{}`{what} on {}, from {first} to {last}", if commits.len() > 1 { "s" } else { "" }, commits.join("`, `"), devices.join(", ")))
 }
 
 /// The whole report.md: provenance, data, one section per study, the speed study, failures.
@@ -75,13 +75,13 @@ pub fn markdown(sweep: &Sweep, records: &[&RunRecord], failures: &[&RunFailure],
     }
     let _ = writeln!(out, "Produced by `{command}` (profile `{}`, sweep file `{}`, seeds {:?}).", sweep.profile, sweep.file.display(), sweep.meta.seeds);
     let trained: Vec<&Provenance> = records.iter().flat_map(|r| r.training_provenance()).collect();
-    if let Some(line) = provenance_line(&trained) {
-        // results from before the build commit was recorded hold the checkout's commit
-        let what = if trained.iter().all(|p| !p.checkout_commit.is_empty()) { " (the binaries' build)" } else { "" };
-        let _ = writeln!(out, "Runs trained at {line}{what}; every run's own provenance is in runs.csv.\n");
+    // results from before the build commit was recorded hold the checkout's commit
+    let what = if trained.iter().all(|p| !p.checkout_commit.is_empty()) { " (the binaries' build)" } else { "" };
+    if let Some(line) = provenance_line(&trained, what) {
+        let _ = writeln!(out, "Runs trained at {line}; every run's own provenance is in runs.csv.\n");
     }
     let again: Vec<&Provenance> = records.iter().filter(|r| r.evaluated_again()).map(|r| &r.provenance).collect();
-    if let Some(line) = provenance_line(&again) {
+    if let Some(line) = provenance_line(&again, " (the binaries' build)") {
         let _ = writeln!(out, "{} of these runs were evaluated again from their final checkpoints (no step trained) at {line}; their scores are that evaluation's (runs.csv's commit and date too).\n", again.len());
     }
     let total_wall: f64 = records.iter().map(|r| r.wall_s).sum();
