@@ -192,8 +192,10 @@ where
     DB::ErrorType: 'static,
 {
     let rows: Vec<(RGBColor, String, bool)> = chart.bands.iter().map(|b| (b.color, format!("{} (baseline, ± sd)", b.label), false)).chain(chart.series.iter().map(|s| (s.color, s.label.clone(), s.style == Style::Dots))).collect();
+    // rows shrink (down to 9 px text) so that long legends still fit the panel's height
     let row_h = ((area.dim_in_pixel().1 as i32 - 80) / rows.len().max(1) as i32).clamp(10, 22);
-    let font = ("sans-serif", (row_h - 6).clamp(9, 14)).into_font();
+    let text_px = (row_h - 6).clamp(9, 14);
+    let font = ("sans-serif", text_px).into_font();
     for (i, (color, label, dot)) in rows.iter().enumerate() {
         let y = 50 + i as i32 * row_h;
         if *dot {
@@ -201,7 +203,7 @@ where
         } else {
             area.draw(&PathElement::new(vec![(10, y), (30, y)], color.stroke_width(3))).map_err(failed)?;
         }
-        area.draw(&Text::new(label.as_str(), (38, y - (row_h - 6).clamp(9, 14) / 2), font.clone())).map_err(failed)?;
+        area.draw(&Text::new(label.as_str(), (38, y - text_px / 2), font.clone())).map_err(failed)?;
     }
     Ok(())
 }
