@@ -177,12 +177,17 @@ fn legend_outside(chart: &Chart) -> bool {
     legend_entries(chart) > LEGEND_INSIDE_MAX
 }
 
+/// A band's legend entry.
+fn band_label(b: &Band) -> String {
+    format!("{} (baseline, ± sd)", b.label)
+}
+
 /// Width in pixels of a legend beside the plot (0 when it is inside).
 fn outside_legend_width(chart: &Chart) -> u32 {
     if !legend_outside(chart) {
         return 0;
     }
-    let longest = chart.series.iter().map(|s| s.label.len()).chain(chart.bands.iter().map(|b| b.label.len() + 17)).max().unwrap_or(0);
+    let longest = chart.series.iter().map(|s| s.label.len()).chain(chart.bands.iter().map(|b| band_label(b).chars().count())).max().unwrap_or(0);
     (longest as u32 * 7 + 60).min(900)
 }
 
@@ -191,7 +196,7 @@ fn draw_outside_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart:
 where
     DB::ErrorType: 'static,
 {
-    let rows: Vec<(RGBColor, String, bool)> = chart.bands.iter().map(|b| (b.color, format!("{} (baseline, ± sd)", b.label), false)).chain(chart.series.iter().map(|s| (s.color, s.label.clone(), s.style == Style::Dots))).collect();
+    let rows: Vec<(RGBColor, String, bool)> = chart.bands.iter().map(|b| (b.color, band_label(b), false)).chain(chart.series.iter().map(|s| (s.color, s.label.clone(), s.style == Style::Dots))).collect();
     // rows shrink (down to 9 px text) so that long legends still fit the panel's height
     let row_h = ((area.dim_in_pixel().1 as i32 - 80) / rows.len().max(1) as i32).clamp(10, 22);
     let text_px = (row_h - 6).clamp(9, 14);
@@ -341,7 +346,7 @@ where
         ctx.draw_series(std::iter::once(Rectangle::new([(x0, b.mean - b.sd), (x1, b.mean + b.sd)], color.mix(0.15).filled()))).map_err(failed)?;
         ctx.draw_series(DashedLineSeries::new(vec![(x0, b.mean), (x1, b.mean)], 8, 5, color.stroke_width(2)))
             .map_err(failed)?
-            .label(format!("{} (baseline, ± sd)", b.label))
+            .label(band_label(b))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
     }
     for (i, s) in chart.series.iter().enumerate() {
