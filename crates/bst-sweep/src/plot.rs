@@ -187,7 +187,7 @@ fn outside_legend_width(chart: &Chart) -> u32 {
     if !legend_outside(chart) {
         return 0;
     }
-    let longest = chart.series.iter().map(|s| s.label.len()).chain(chart.bands.iter().map(|b| band_label(b).chars().count())).max().unwrap_or(0);
+    let longest = chart.series.iter().map(|s| s.label.chars().count()).chain(chart.bands.iter().map(|b| band_label(b).chars().count())).max().unwrap_or(0);
     (longest as u32 * 7 + 60).min(900)
 }
 
