@@ -251,12 +251,13 @@ pub(crate) fn pending(spec: &RunSpec, results_dir: &Path, retry_failed: bool) ->
 /// Trains the runs one after another in this process.
 fn train_here(runs: &[&RunSpec], opts: &SweepOptions, results_dir: &Path, device: tch::Device, data: &mut run::DataCache, progress: &Progress) -> Result<Trained> {
     let mut t = Trained::default();
-    for spec in runs {
-        if !pending(spec, results_dir, opts.retry_failed) {
-            t.reused += 1;
-            progress.skip();
-            continue;
-        }
+    // runs that ended in an earlier launch first, so that the sweep's ETA counts only what is left to train
+    let (todo, reused): (Vec<&RunSpec>, Vec<&RunSpec>) = runs.iter().copied().partition(|spec| pending(spec, results_dir, opts.retry_failed));
+    for _ in reused {
+        t.reused += 1;
+        progress.skip();
+    }
+    for spec in todo {
         if t.interrupted.is_some() || (opts.fail_fast && t.first_failure.is_some()) {
             progress.skip();
             continue;

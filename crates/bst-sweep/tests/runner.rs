@@ -140,6 +140,15 @@ fn progress_lines_when_stderr_is_a_log() {
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("[tiny] run ")).collect();
     assert!(lines.iter().any(|l| l.contains("step 6/6") && l.contains("tok/s") && l.contains("run ETA") && l.contains("sweep ETA")), "{err}");
+
+    // a rerun counts the runs that ended before first: the one run left to train is the last
+    // (its sweep ETA is its own), wherever it stands in the sweep
+    let results = tmp.path().join("results/tiny");
+    let first = rows(&results.join("runs.csv"))[0]["run_id"].clone();
+    std::fs::remove_dir_all(results.join("runs").join(first)).unwrap();
+    let out = binary().arg(&file).args(["--results"]).arg(tmp.path().join("results")).args(["--device", "cpu", "--log-every", "1", "--only", "depth"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().any(|l| l.starts_with("[tiny] run 6/6 ") && l.contains("step 6/6")), "{err}");
 }
 
 /// `kill -9` at random moments (training, checkpointing, evaluating, writing results): the
