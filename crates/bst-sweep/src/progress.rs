@@ -86,11 +86,15 @@ impl Progress {
         }
     }
 
+    /// Mean seconds of the runs trained so far in this launch (NaN before the first).
+    fn mean_run_s(&self) -> f64 {
+        if self.trained.get() > 0 { self.spent.get() / self.trained.get() as f64 } else { f64::NAN }
+    }
+
     /// The sweep's remaining time: the mean time of the runs trained so far for each run left.
     fn sweep_eta(&self, run_left_s: f64) -> f64 {
         let left = self.total.saturating_sub(self.done.get() + 1) as f64;
-        let per_run = if self.trained.get() > 0 { self.spent.get() / self.trained.get() as f64 } else { f64::NAN };
-        run_left_s + left * per_run
+        run_left_s + left * self.mean_run_s()
     }
 
     pub fn step(&self, m: &StepMetrics, run_elapsed_s: f64, steps_this_launch: usize) {
@@ -141,8 +145,7 @@ impl Progress {
     /// stands after a run ended (the parent's view; the children report their steps).
     pub fn tally(&self, jobs: usize) -> String {
         let left = self.total.saturating_sub(self.done.get());
-        let per_run = if self.trained.get() > 0 { self.spent.get() / self.trained.get() as f64 } else { f64::NAN };
-        let eta = if left == 0 { 0.0 } else { parallel_eta(left, per_run, jobs) };
+        let eta = if left == 0 { 0.0 } else { parallel_eta(left, self.mean_run_s(), jobs) };
         format!("{}/{} runs ended, sweep ETA {}", self.done.get(), self.total, duration(eta))
     }
 

@@ -74,6 +74,11 @@ impl Metric {
     }
 }
 
+/// A run's `metric` on the test split at `factor` times its training length (1: as trained).
+fn metric_at(r: &RunRecord, metric: Metric, factor: usize) -> Option<f64> {
+    if factor == 1 { metric.of(&r.test) } else { r.longer.iter().find(|l| l.factor == factor).and_then(|l| metric.of(&l.test)) }
+}
+
 /// One configuration of a study: a variant at a point, over its seeds.
 #[derive(Debug, Clone)]
 pub struct Cell<'a> {
@@ -87,13 +92,12 @@ pub struct Cell<'a> {
 
 impl Cell<'_> {
     pub fn summary(&self, metric: Metric) -> Option<Summary> {
-        Summary::of(&self.records.iter().filter_map(|r| metric.of(&r.test)).collect::<Vec<_>>())
+        self.summary_at(metric, 1)
     }
 
     /// The same at `factor` times the training length.
-    pub fn longer_summary(&self, metric: Metric, factor: usize) -> Option<Summary> {
-        let values: Vec<f64> = self.records.iter().filter_map(|r| r.longer.iter().find(|l| l.factor == factor)).filter_map(|l| metric.of(&l.test)).collect();
-        Summary::of(&values)
+    pub fn summary_at(&self, metric: Metric, factor: usize) -> Option<Summary> {
+        Summary::of(&self.records.iter().filter_map(|r| metric_at(r, metric, factor)).collect::<Vec<_>>())
     }
 
     /// Bits per byte of the same-target length evaluation at `factor` over the seeds.
@@ -109,8 +113,7 @@ impl Cell<'_> {
 
     /// The metric of each seed at `factor` times the training length (1: the test split as trained).
     fn by_seed_at(&self, metric: Metric, factor: usize) -> BTreeMap<u64, f64> {
-        let at = |r: &RunRecord| if factor == 1 { metric.of(&r.test) } else { r.longer.iter().find(|l| l.factor == factor).and_then(|l| metric.of(&l.test)) };
-        self.records.iter().filter_map(|r| at(r).map(|v| (r.seed, v))).collect()
+        self.records.iter().filter_map(|r| metric_at(r, metric, factor).map(|v| (r.seed, v))).collect()
     }
 
     /// This configuration against `other` over the seeds: paired when both ran the same seeds
@@ -125,8 +128,7 @@ impl Cell<'_> {
         if a.len() >= 2 && a.keys().eq(b.keys()) {
             return Comparison::paired(&a.iter().map(|(s, v)| (*v, b[s])).collect::<Vec<_>>());
         }
-        let summary = |m: &BTreeMap<u64, f64>| Summary::of(&m.values().copied().collect::<Vec<_>>());
-        Comparison::welch(&summary(&a)?, &summary(&b)?)
+        Comparison::welch(&self.summary_at(metric, factor)?, &other.summary_at(metric, factor)?)
     }
 
     /// Mean parameter count over the seeds.
@@ -240,14 +242,14 @@ fn length_chart(study: &Study, cells: &[Cell], title_prefix: &str) -> Option<Cha
     })
 }
 
-/// The study's chart of `metric`: numeric x as lines with ± sd bands, categories as dots with
-/// error bars, variants that do not vary along x as horizontal reference bands. `plot_x` may
 /// Whether `key` takes one value per value of `x` across the cells (zipped with it, or constant).
 fn follows(cells: &[Cell], x: &str, key: &str) -> bool {
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
     cells.iter().filter_map(|c| c.value(x).zip(c.value(key))).all(|(xv, kv)| *seen.entry(xv).or_insert(kv) == kv)
 }
 
+/// The study's chart of `metric`: numeric x as lines with ± sd bands, categories as dots with
+/// error bars, variants that do not vary along x as horizontal reference bands. `plot_x` may
 /// also be `params` (the mean parameter count) or `eval_length` (see [`length_chart`]).
 pub fn chart(study: &Study, cells: &[Cell], metric: Metric, title_prefix: &str) -> Option<Chart> {
     let x = study.x.as_deref();
@@ -397,8 +399,7 @@ impl Cell<'_> {
 /// The verdict on `claim`, with one sentence of evidence.
 pub fn verdict(claim: &Claim, cells: &[Cell], metric: Metric) -> (Verdict, String) {
     let f = claim.length_factor;
-    let summary = |c: &Cell| if f == 1 { c.summary(metric) } else { c.longer_summary(metric, f) };
-    let side = |s: &Selector| cells.iter().find(|c| c.is(s)).and_then(|c| Some((c, summary(c)?)));
+    let side = |s: &Selector| cells.iter().find(|c| c.is(s)).and_then(|c| Some((c, c.summary_at(metric, f)?)));
     let (Some((bc, b)), Some((wc, w))) = (side(&claim.better), side(&claim.worse)) else {
         return (Verdict::NotRun, format!("{} or {} has no finished run", claim.better, claim.worse));
     };
@@ -566,7 +567,7 @@ pub fn section(study: &Study, cells: &[Cell], metric: Metric, plots: &[String]) 
         let mut row = vec![c.variant.clone(), c.records.first().map_or_else(String::new, |r| r.placement.clone())];
         row.extend(study.keys.iter().map(|k| c.value(k).map_or_else(|| "—".into(), String::from)));
         row.push(c.summary(metric).map_or_else(|| "not run yet".into(), |s| s.display(metric.decimals())));
-        row.extend(factors.iter().map(|&f| c.longer_summary(metric, f).map_or_else(String::new, |s| s.display(metric.decimals()))));
+        row.extend(factors.iter().map(|&f| c.summary_at(metric, f).map_or_else(String::new, |s| s.display(metric.decimals()))));
         row.extend(same_targets.iter().map(|&f| c.length_summary(f).map_or_else(String::new, |s| s.display(3))));
         let mean = |f: &dyn Fn(&RunRecord) -> f64| c.records.iter().map(|r| f(r)).sum::<f64>() / c.records.len().max(1) as f64;
         row.push(if c.records.is_empty() { String::new() } else { format!("{:.2}M", mean(&|r| r.params as f64) / 1e6) });
